@@ -1,0 +1,163 @@
+"""The application's registry: job types, middleware and periodic jobs.
+
+An ``App`` is built at import time of the user's job module; the master imports it before
+forking (so a broken module fails the start, not every child), and every worker reads it.
+Options are validated here, at registration, with errors that name the job.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefork_work.errors import ConfigError
+from prefork_work.job import Job
+
+Handler = Callable[[Job], Any]
+Middleware = Callable[[Job, Callable[[], Any]], Any]
+Backoff = Callable[[Job], float]
+
+MAX_PRIORITY = 100_000  # gocraft's check (its docs say 10000; the code enforces 100000)
+DEFAULT_MAX_FAILS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class JobType:
+    """A registered job name and its options (gocraft's JobOptions)."""
+
+    name: str
+    handler: Handler
+    priority: int = 1
+    max_fails: int = DEFAULT_MAX_FAILS
+    skip_dead: bool = False
+    max_concurrency: int = 0
+    backoff: Backoff | None = None
+    timeout: float | None = None
+    hard_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicJob:
+    """``name`` is enqueued at every activation of the cron ``spec``."""
+
+    spec: str
+    name: str
+
+
+def validate_job_name(name: object) -> str:
+    """Names go into Redis keys unescaped: ``:`` would collide keys, ``,`` breaks heartbeats."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"job name must be a non-empty string, got {name!r}")
+    for bad in (":", ","):
+        if bad in name:
+            raise ValueError(f"job name {name!r} must not contain {bad!r}")
+    return name
+
+
+class App:
+    """Registry of job types; ``context`` makes the per-job object shared by middleware and handler."""
+
+    def __init__(self, context: Callable[[], Any] = types.SimpleNamespace) -> None:
+        self.context_factory = context
+        self.job_types: dict[str, JobType] = {}
+        self.middlewares: list[Middleware] = []
+        self.periodic_jobs: list[PeriodicJob] = []
+
+    def job(
+        self,
+        name: str,
+        *,
+        priority: int = 1,
+        max_fails: int = DEFAULT_MAX_FAILS,
+        skip_dead: bool = False,
+        max_concurrency: int = 0,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        hard_timeout: float | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator registering ``fn(job)`` as the handler of ``name``."""
+
+        def register(fn: Handler) -> Handler:
+            self.register(
+                name,
+                fn,
+                priority=priority,
+                max_fails=max_fails,
+                skip_dead=skip_dead,
+                max_concurrency=max_concurrency,
+                backoff=backoff,
+                timeout=timeout,
+                hard_timeout=hard_timeout,
+            )
+            return fn
+
+        return register
+
+    def register(self, name: str, handler: Handler, **options: Any) -> JobType:
+        """Register (or replace, as gocraft does) the handler of ``name``."""
+        try:
+            validate_job_name(name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        job_type = JobType(name, handler, **options)
+        problem = _problem(job_type)
+        if problem:
+            raise ConfigError(f"job {name!r}: {problem}")
+        if job_type.max_fails == 0:  # gocraft's public API turns 0 into the default
+            job_type = _replace(job_type, max_fails=DEFAULT_MAX_FAILS)
+        self.job_types[name] = job_type
+        return job_type
+
+    def middleware(self, fn: Middleware) -> Middleware:
+        """Add ``fn(job, next)``; middleware runs in registration order, the handler last."""
+        if not callable(fn):
+            raise ConfigError(f"middleware must be callable, got {fn!r}")
+        self.middlewares.append(fn)
+        return fn
+
+    def periodically_enqueue(self, spec: str, name: str) -> None:
+        """Enqueue ``name`` at every activation of ``spec`` (5 fields, or 6 with seconds first)."""
+        from prefork_work import cron
+
+        try:
+            validate_job_name(name)
+            cron.parse(spec)
+        except ValueError as err:
+            raise ConfigError(f"periodic job {name!r} ({spec!r}): {err}") from None
+        self.periodic_jobs.append(PeriodicJob(spec, name))
+
+
+def _problem(t: JobType) -> str | None:
+    if not callable(t.handler):
+        return f"handler must be callable, got {t.handler!r}"
+    if not _is_int(t.priority) or not 1 <= t.priority <= MAX_PRIORITY:
+        return f"priority must be an integer from 1 to {MAX_PRIORITY}, got {t.priority!r}"
+    if not _is_int(t.max_fails) or t.max_fails < 0:
+        return f"max_fails must be a non-negative integer, got {t.max_fails!r}"
+    if not _is_int(t.max_concurrency) or t.max_concurrency < 0:
+        return f"max_concurrency must be a non-negative integer, got {t.max_concurrency!r}"
+    if not isinstance(t.skip_dead, bool):
+        return f"skip_dead must be a bool, got {t.skip_dead!r}"
+    if t.backoff is not None and not callable(t.backoff):
+        return f"backoff must be callable, got {t.backoff!r}"
+    for option in ("timeout", "hard_timeout"):
+        value = getattr(t, option)
+        if value is not None and (not _is_number(value) or value <= 0):
+            return f"{option} must be a positive number of seconds, got {value!r}"
+    return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _replace(job_type: JobType, **changes: Any) -> JobType:
+    import dataclasses
+
+    return dataclasses.replace(job_type, **changes)

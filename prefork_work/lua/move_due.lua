@@ -1,0 +1,33 @@
+-- Move due members of a sorted set (scheduled / retry) to their queues, atomically per member.
+--
+-- The caller read the due members and re-encoded each with t = now in Python (exact bytes;
+-- gocraft's cjson round trip rounds big numbers and turns [] into {}, W26). A member moves
+-- only if this call removed it, so concurrent requeuers never move one job twice.
+--
+-- KEYS[1]   = the source sorted set (<p>scheduled or <p>retry)
+-- KEYS[2]   = <p>pw:wake
+-- KEYS[2+i] = the target of member i: its queue <p>jobs:<name> ("q"), or <p>dead ("d") for
+--             a member that cannot be decoded
+-- ARGV[1]   = now (epoch seconds; the score of members sent to dead)
+-- ARGV[3i-1], ARGV[3i], ARGV[3i+1] = member i as it is in KEYS[1], the bytes to write,
+--             and "q" or "d"
+--
+-- Returns the number of members moved to queues.
+
+local moved = 0
+for i = 1, #KEYS - 2 do
+  local member, payload, kind = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    if kind == 'd' then
+      redis.call('ZADD', KEYS[2 + i], ARGV[1], payload)
+    else
+      redis.call('LPUSH', KEYS[2 + i], payload)
+      moved = moved + 1
+    end
+  end
+end
+if moved > 0 then
+  for _ = 1, math.min(moved, 64) do redis.call('LPUSH', KEYS[2], '1') end
+  redis.call('LTRIM', KEYS[2], 0, 63)
+end
+return moved

@@ -1,0 +1,88 @@
+"""Redis I/O of the Client: queue stats, heartbeats, observations, the three sorted sets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, translate_errors
+
+
+class AdminStore(RedisStore):
+    """Reads are pipelined; every change to a sorted set is one atomic script call."""
+
+    @translate_errors
+    def known_job_names(self) -> list[str]:
+        return sorted(n.decode() for n in self.redis.smembers(self.keys.known_jobs()))
+
+    @translate_errors
+    def queue_heads(self, names: Sequence[str]) -> list[tuple[int, bytes | None]]:
+        """(length, oldest entry) of each queue, both read in one MULTI: never torn (W18)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for name in names:
+            pipe.llen(self.keys.jobs(name))
+            pipe.lindex(self.keys.jobs(name), -1)
+        replies = pipe.execute()
+        return [(int(replies[2 * i]), replies[2 * i + 1]) for i in range(len(names))]
+
+    @translate_errors
+    def pool_ids(self) -> list[str]:
+        return sorted(p.decode() for p in self.redis.smembers(self.keys.worker_pools()))
+
+    @translate_errors
+    def hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return [
+            {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+            for raw in pipe.execute()
+        ]
+
+    @translate_errors
+    def zset_page(self, zset: str, start: int, count: int) -> tuple[list[tuple[bytes, float]], int]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(zset, "-inf", "+inf", start=start, num=count, withscores=True)
+        pipe.zcard(zset)
+        members, total = pipe.execute()
+        return [(m, s) for m, s in members], int(total)
+
+    @translate_errors
+    def members_at(self, zset: str, score: int) -> list[bytes]:
+        members: list[bytes] = self.redis.zrangebyscore(zset, score, score)
+        return members
+
+    @translate_errors
+    def oldest_members(self, zset: str, upto: int, offset: int, limit: int) -> list[bytes]:
+        members: list[bytes] = self.redis.zrangebyscore(zset, "-inf", upto, start=offset, num=limit)
+        return members
+
+    @translate_errors
+    def remove_members(self, zset: str, members: Sequence[bytes], also_delete: Sequence[str] = ()) -> int:
+        """ZREM exact members (and DEL keys, e.g. a unique lock) in one transaction."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(zset, *members)
+        if also_delete:
+            pipe.delete(*also_delete)
+        return int(pipe.execute()[0])
+
+    @translate_errors
+    def delete_key(self, key: str) -> None:
+        self.redis.delete(key)
+
+    @translate_errors
+    def set_paused(self, name: str, paused: bool) -> None:
+        if paused:
+            self.redis.set(self.keys.paused(name), "1")
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.paused(name))
+        # a queue that became fetchable should not wait for idle workers' next timeout
+        self.wake(pipe, WAKE_TOKENS_MAX)
+        pipe.execute()
+
+    @translate_errors
+    def set_max_concurrency(self, name: str, limit: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.max_concurrency(name), limit)
+        self.wake(pipe, WAKE_TOKENS_MAX)
+        pipe.execute()

@@ -1,0 +1,208 @@
+"""Redis I/O of the master-side loops: heartbeats, observations, reaping, requeuing, cron."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prefork_work.errors import MalformedJob
+from prefork_work.job import Job
+from prefork_work.store.base import RedisStore, translate_errors
+from prefork_work.store.queue import OBSERVATION_TTL_SECONDS
+
+REAP_CLAIM_SECONDS = 60
+CRASH_COUNTER_SECONDS = 7 * 86400
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """The fields of ``<p>worker_pools:<poolID>`` a reaper needs."""
+
+    pool_id: str
+    heartbeat_at: int | None  # None: no hash, or a field Go could not parse
+    job_names: list[str]
+    host: str
+    pid: int
+    worker_ids: list[str]
+
+
+class PoolStore(RedisStore):
+    """Heartbeats, observations, the reaper's, requeuer's and periodic enqueuer's Redis work."""
+
+    # --- heartbeats -------------------------------------------------------------------------
+    @translate_errors
+    def write_heartbeats(self, beats: Sequence[tuple[str, dict[str, str | int]]]) -> None:
+        """SADD every pool and HSET every heartbeat hash, in one pipeline."""
+        if not beats:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(self.keys.worker_pools(), *(pool_id for pool_id, _ in beats))
+        for pool_id, fields in beats:
+            pipe.hset(self.keys.heartbeat(pool_id), mapping=fields)
+        pipe.execute()
+
+    @translate_errors
+    def remove_pool(self, pool_id: str, worker_ids: Iterable[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.srem(self.keys.worker_pools(), pool_id)
+        pipe.delete(self.keys.heartbeat(pool_id))
+        for worker_id in worker_ids:
+            pipe.delete(self.keys.worker_observation(worker_id))
+        pipe.execute()
+
+    @translate_errors
+    def heartbeats(self, pool_ids: Iterable[str]) -> dict[str, Heartbeat]:
+        ids = list(pool_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for pool_id in ids:
+            pipe.hgetall(self.keys.heartbeat(pool_id))
+        result = {}
+        for pool_id, raw in zip(ids, pipe.execute(), strict=True):
+            fields = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+            result[pool_id] = Heartbeat(
+                pool_id=pool_id,
+                heartbeat_at=_int_or_none(fields.get("heartbeat_at")),
+                job_names=[n for n in fields.get("job_names", "").split(",") if n],
+                host=fields.get("host", ""),
+                pid=_int_or_none(fields.get("pid")) or 0,
+                worker_ids=[w for w in fields.get("worker_ids", "").split(",") if w],
+            )
+        return result
+
+    @translate_errors
+    def pool_ids(self) -> set[str]:
+        return {m.decode() for m in self.redis.smembers(self.keys.worker_pools())}
+
+    @translate_errors
+    def in_progress_lists(self, pool_id: str | None = None) -> dict[str, set[str]]:
+        """pool id -> job names that have an in-progress list, found by SCAN (not trusted
+        from heartbeats, which may be missing: W1)."""
+        found: dict[str, set[str]] = {}
+        pattern = self.keys.in_progress_pattern()
+        if pool_id is not None:
+            pattern = pattern[: -len("*:inprogress")] + "*:" + pool_id + ":inprogress"
+        for key in self.redis.scan_iter(match=pattern, count=1000):
+            parsed = self.keys.parse_in_progress(key.decode("utf-8", "replace"))
+            if parsed is not None and (pool_id is None or parsed[1] == pool_id):
+                found.setdefault(parsed[1], set()).add(parsed[0])
+        return found
+
+    # --- observations ------------------------------------------------------------------------
+    @translate_errors
+    def write_observations(
+        self,
+        started: Sequence[tuple[str, str, str, int, str]],
+        checkins: Sequence[tuple[str, str, int]],
+        idle: Sequence[str],
+    ) -> None:
+        """gocraft's observation hashes for many workers in one pipeline.
+
+        started: (worker_id, job_name, job_id, started_at, args_json); checkins:
+        (worker_id, message, checkin_at); idle: worker ids whose hash is deleted.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id, name, job_id, started_at, args in started:
+            key = self.keys.worker_observation(worker_id)
+            pipe.delete(key)  # gocraft's HMSET keeps an earlier job's check-in (W20)
+            pipe.hset(key, mapping={"job_name": name, "job_id": job_id,
+                                    "started_at": started_at, "args": args})
+            pipe.expire(key, OBSERVATION_TTL_SECONDS)
+        for worker_id, message, checkin_at in checkins:
+            key = self.keys.worker_observation(worker_id)
+            pipe.hset(key, mapping={"checkin": message, "checkin_at": checkin_at})
+            pipe.expire(key, OBSERVATION_TTL_SECONDS)
+        for worker_id in idle:
+            pipe.delete(self.keys.worker_observation(worker_id))
+        pipe.execute()
+
+    # --- reaping --------------------------------------------------------------------------------
+    @translate_errors
+    def claim_pool(self, pool_id: str, claimant: str) -> bool:
+        return bool(self.redis.set(self.keys.reap_claim(pool_id), claimant, nx=True,
+                                   ex=REAP_CLAIM_SECONDS))
+
+    @translate_errors
+    def release_claim(self, pool_id: str) -> None:
+        self.redis.delete(self.keys.reap_claim(pool_id))
+
+    @translate_errors
+    def reclaim_pool(self, pool_id: str, names: Iterable[str]) -> int:
+        """Requeue all of the pool's in-progress jobs of these names and release its locks."""
+        keys: list[str] = []
+        for name in sorted(set(names)):
+            keys += [self.keys.in_progress(name, pool_id), self.keys.jobs(name),
+                     self.keys.lock(name), self.keys.lock_info(name)]
+        if not keys:
+            return 0
+        keys.append(self.keys.wake())
+        return int(self.run_script("reclaim_pool", keys, [pool_id]))
+
+    @translate_errors
+    def in_progress_job(self, pool_id: str, name: str, job_id: str) -> tuple[bytes, Job] | None:
+        """The entry of job ``job_id`` in a pool's in-progress list, raw and decoded."""
+        for raw in self.redis.lrange(self.keys.in_progress(name, pool_id), 0, -1):
+            try:
+                job = Job.from_json(raw)
+            except MalformedJob:
+                continue
+            if job.id == job_id:
+                return raw, job
+        return None
+
+    @translate_errors
+    def count_crash(self, job_id: str) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(self.keys.crashes(job_id))
+        pipe.expire(self.keys.crashes(job_id), CRASH_COUNTER_SECONDS)
+        count, _ = pipe.execute()
+        return int(count)
+
+    @translate_errors
+    def forget_crashes(self, job_id: str) -> None:
+        self.redis.delete(self.keys.crashes(job_id))
+
+    @translate_errors
+    def settle_in_progress(
+        self, pool_id: str, name: str, raw: bytes, dead: bool, score: int, payload: bytes
+    ) -> bool:
+        keys = [self.keys.in_progress(name, pool_id), self.keys.lock(name),
+                self.keys.lock_info(name), self.keys.dead() if dead else self.keys.retry()]
+        return bool(self.run_script("settle_in_progress", keys, [pool_id, raw, score, payload]))
+
+    @translate_errors
+    def recompute_locks(self, name: str, pools: Iterable[str]) -> int:
+        known = {k.decode() for k in self.redis.hkeys(self.keys.lock_info(name))}
+        ids = sorted(set(pools) | known)
+        keys = [self.keys.lock(name), self.keys.lock_info(name)]
+        keys += [self.keys.in_progress(name, pool_id) for pool_id in ids]
+        return int(self.run_script("recompute_locks", keys, ids))
+
+    # --- requeuer ---------------------------------------------------------------------------------
+    @translate_errors
+    def due_members(self, zset: str, now: int, limit: int) -> list[bytes]:
+        members: list[bytes] = self.redis.zrangebyscore(zset, "-inf", now, start=0, num=limit)
+        return members
+
+    # --- periodic enqueuer ----------------------------------------------------------------------
+    @translate_errors
+    def last_periodic_enqueue(self) -> bytes | None:
+        value: bytes | None = self.redis.get(self.keys.last_periodic_enqueue())
+        return value
+
+    @translate_errors
+    def schedule_periodic(self, members: dict[bytes, int], now: int) -> None:
+        """ZADD every slot's member (identical bytes on every host: idempotent), then SET last."""
+        pipe = self.redis.pipeline(transaction=False)
+        if members:
+            pipe.zadd(self.keys.scheduled(), members)
+        pipe.set(self.keys.last_periodic_enqueue(), now)
+        pipe.execute()
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None

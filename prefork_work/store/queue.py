@@ -1,0 +1,188 @@
+"""Redis I/O of the job path: enqueue, batched fetch + acknowledge, unique locks, observations.
+
+This is the hot path. A worker makes one script call per *batch* of jobs (acknowledging the
+previous batch and fetching the next), and an enqueue is one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, redis_errors, translate_errors
+
+UNIQUE_TTL_SECONDS = 86400
+OBSERVATION_TTL_SECONDS = 86400
+
+Outcome = Literal["s", "r", "d", "x", "q"]
+
+
+@dataclass(slots=True)
+class Ack:
+    """The fate of one fetched job, sent back with the next fetch.
+
+    ``group`` is the job's queue as a group number of the fetch that will carry the ack
+    (filled in by :meth:`QueueStore.fetch`); ``score``/``payload`` only for retry and dead.
+    """
+
+    name: str
+    raw: bytes
+    outcome: Outcome
+    score: int = 0
+    payload: bytes = b""
+
+
+class QueueStore(RedisStore):
+    """Enqueue and worker-side Redis operations of one namespace."""
+
+    # --- enqueue ------------------------------------------------------------------------
+    @translate_errors
+    def push(self, name: str, payloads: Sequence[bytes], add_known: bool) -> None:
+        """LPUSH jobs of one name (in order: the first is served first) and wake idle workers."""
+        keys = [self.keys.jobs(name), self.keys.wake(), self.keys.known_jobs()]
+        self.run_script_held("push", keys, [name if add_known else "", WAKE_TOKENS_MAX, *payloads])
+
+    @translate_errors
+    def push_many(self, by_name: dict[str, list[bytes]], known: Iterable[str]) -> None:
+        """One round trip for a batch of jobs of several names."""
+        pipe = self.redis.pipeline(transaction=False)
+        total = 0
+        for name, payloads in by_name.items():
+            pipe.lpush(self.keys.jobs(name), *payloads)
+            total += len(payloads)
+        self.wake(pipe, total)
+        names = list(known)
+        if names:
+            pipe.sadd(self.keys.known_jobs(), *names)
+        pipe.execute()
+
+    @translate_errors
+    def schedule(self, name: str, payload: bytes, run_at: int, add_known: bool) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.keys.scheduled(), {payload: run_at})
+        if add_known:
+            pipe.sadd(self.keys.known_jobs(), name)
+        pipe.execute()
+
+    @translate_errors
+    def push_unique(
+        self, name: str, unique_key: str, payload: bytes, stored: bytes, run_at: int | None
+    ) -> bool:
+        """gocraft's unique enqueue: True when enqueued, False for a duplicate."""
+        self.redis.sadd(self.keys.known_jobs(), name)
+        if run_at is None:
+            keys = [self.keys.jobs(name), unique_key, self.keys.wake()]
+            args: list[bytes | int] = [payload, stored]
+        else:
+            keys = [self.keys.scheduled(), unique_key, self.keys.wake()]
+            args = [payload, stored, run_at]
+        return self.run_script("enqueue_unique", keys, args) == b"ok"
+
+    # --- worker ---------------------------------------------------------------------------
+    def fetch_keys(self, pool_id: str, name: str) -> list[str]:
+        """The six keys of one job name's fetch group, in the script's order."""
+        k = self.keys
+        return [
+            k.jobs(name),
+            k.in_progress(name, pool_id),
+            k.paused(name),
+            k.lock(name),
+            k.lock_info(name),
+            k.max_concurrency(name),
+        ]
+
+    def fetch(
+        self,
+        pool_id: str,
+        order: Sequence[str],
+        group_keys: dict[str, list[str]],
+        want: int,
+        acks: Sequence[Ack],
+    ) -> tuple[str | None, list[bytes]]:
+        """Acknowledge ``acks`` and fetch up to ``want`` jobs from the first eligible queue.
+
+        ``order`` is the priority-sampled order of job names; every acked job's name must be
+        among them. Returns (name of the queue served or None, raw jobs oldest first).
+        Never retried here: a retried fetch could claim a second batch (the worker recovers
+        its own in-progress lists after a connection error instead).
+        """
+        keys = [self.keys.retry(), self.keys.dead(), self.keys.wake()]
+        group_of: dict[str, int] = {}
+        for number, name in enumerate(order, start=1):
+            keys.extend(group_keys[name])
+            group_of[name] = number
+        args: list[bytes | str | int] = [pool_id, want, len(acks)]
+        for ack in acks:
+            extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
+            args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
+        with redis_errors():
+            group, jobs = self.run_script("fetch", keys, args)
+        if not group:
+            return None, []
+        return order[int(group) - 1], list(jobs)
+
+    @translate_errors
+    def in_progress(self, pool_id: str, names: Iterable[str]) -> dict[str, list[bytes]]:
+        """Every entry of this pool's in-progress lists, by job name (for recovery)."""
+        names = list(names)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.lrange(self.keys.in_progress(name, pool_id), 0, -1)
+        return dict(zip(names, pipe.execute(), strict=True))
+
+    @translate_errors
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until a wake token arrives or ``timeout`` passes; True when woken."""
+        return self.redis.blpop([self.keys.wake()], timeout=timeout) is not None
+
+    @translate_errors
+    def take_unique(self, unique_key: str) -> bytes | None:
+        """GETDEL of a unique lock: atomic, unlike gocraft's GET then DEL (W13)."""
+        value: bytes | None = self.redis.getdel(unique_key)
+        return value
+
+    # --- observations (gocraft's observer hash) -------------------------------------------
+    @translate_errors
+    def observe_started(
+        self, worker_id: str, name: str, job_id: str, started_at: int, args_json: str
+    ) -> None:
+        key = self.keys.worker_observation(worker_id)
+        pipe = self.redis.pipeline(transaction=False)
+        # DEL first: gocraft's HMSET keeps a previous job's check-in fields (W20).
+        pipe.delete(key)
+        pipe.hset(
+            key,
+            mapping={
+                "job_name": name,
+                "job_id": job_id,
+                "started_at": started_at,
+                "args": args_json,
+            },
+        )
+        pipe.expire(key, OBSERVATION_TTL_SECONDS)
+        pipe.execute()
+
+    @translate_errors
+    def observe_checkin(self, worker_id: str, message: str, checkin_at: int) -> None:
+        key = self.keys.worker_observation(worker_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={"checkin": message, "checkin_at": checkin_at})
+        pipe.expire(key, OBSERVATION_TTL_SECONDS)
+        pipe.execute()
+
+    @translate_errors
+    def observe_done(self, worker_id: str) -> None:
+        self.redis.delete(self.keys.worker_observation(worker_id))
+
+    @translate_errors
+    def set_max_concurrency(self, caps: dict[str, int]) -> None:
+        """What gocraft's WorkerPool.Start writes for every registered job type."""
+        if not caps:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for name, cap in caps.items():
+            pipe.set(self.keys.max_concurrency(name), cap)
+        pipe.sadd(self.keys.known_jobs(), *caps)
+        pipe.execute()
+
