@@ -1,0 +1,186 @@
+"""Configuration: one table of settings drives loading, validation and the sample file.
+
+Each setting is declared once (TOML path, type, default, doc, check). Unknown sections or
+keys, wrong types and bad values raise ConfigError naming the file and the key; the CLI
+prints that one line and exits 78 (EX_CONFIG). A test checks that ``conf/work.toml``
+mentions every setting with its real default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefork_work.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    kind: type
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] = lambda value: None
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _app_spec(value: str) -> str | None:
+    pattern = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
+    return None if re.fullmatch(pattern, value) else 'must look like "package.module:attribute"'
+
+
+def _redis_url(value: str) -> str | None:
+    if value == "" or value.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return 'must start with redis://, rediss:// or unix:// (or be "" for the embedded Redis)'
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _namespace(value: str) -> str | None:
+    return "must not contain spaces" if " " in value else None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("redis", "url", str, "", "Redis URL (redis://, rediss://, unix://); empty: start an embedded redis-server under server.state_dir", _redis_url),
+    Setting("redis", "socket_timeout", float, 10.0, "seconds any Redis command may take before it counts as a failure", _positive),
+    Setting("server", "namespace", str, "work", "key prefix shared with gocraft/work services; use {braces} for Redis Cluster", _namespace),
+    Setting("server", "app", str, "prefork_work.examples.hello:app", "the job module's App, as module:attribute", _app_spec),
+    Setting("server", "python_path", list, [], "directories put in front of sys.path before importing the app (relative to this file)"),
+    Setting("server", "concurrency", int, 0, "number of child processes; 0 means one per CPU", _non_negative),
+    Setting("server", "shutdown_timeout", float, 30.0, "seconds a graceful stop (SIGTERM) waits for running jobs before killing and requeuing them", _positive),
+    Setting("server", "hard_timeout_grace", float, 5.0, "seconds between the catchable signal and SIGKILL for a job past its hard timeout", _positive),
+    Setting("server", "max_crashes", int, 3, "deaths of a job's process before the job goes to the dead set", _positive),
+    Setting("server", "max_jobs_per_child", int, 0, "recycle a child after this many jobs (with 10% jitter); 0 = never", _non_negative),
+    Setting("server", "max_memory_per_child", int, 0, "recycle a child whose RSS exceeds this many MiB; 0 = never", _non_negative),
+    Setting("server", "state_dir", str, "", "directory for the embedded Redis's data; empty: $STATE_DIRECTORY (systemd) or ./var next to this file"),
+    Setting("log", "format", str, "auto", '"json" (one object per line), "console" (readable), or "auto" (console on a terminal)', _one_of("json", "console", "auto")),
+    Setting("log", "level", str, "info", "debug, info, warning or error", _one_of("debug", "info", "warning", "error")),
+)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str
+    socket_timeout: float
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    namespace: str
+    app: str
+    python_path: tuple[str, ...]
+    concurrency: int
+    shutdown_timeout: float
+    hard_timeout_grace: float
+    max_crashes: int
+    max_jobs_per_child: int
+    max_memory_per_child: int
+    state_dir: str
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str
+    level: str
+
+
+@dataclass(frozen=True)
+class Config:
+    redis: RedisConfig
+    server: ServerConfig
+    log: LogConfig
+    path: Path | None = None
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", list: "a list of strings", bool: "true or false"}[kind]
+
+
+def _coerce(setting: Setting, value: Any, where: str) -> Any:
+    kind = setting.kind
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if kind is list and ok and not all(isinstance(v, str) for v in value):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}: {setting.path}: expected {_type_name(kind)}, got {value!r}")
+    problem = setting.check(value)
+    if problem:
+        raise ConfigError(f"{where}: {setting.path}: {problem}, got {value!r}")
+    return value
+
+
+def build_config(data: dict[str, Any], where: str = "config", base: Path | None = None) -> Config:
+    """Validate parsed TOML into a Config; errors name ``where`` and the key."""
+    known = {s.section for s in SETTINGS}
+    for section, table in data.items():
+        if section not in known:
+            raise ConfigError(f"{where}: unknown section [{section}] (known: {', '.join(sorted(known))})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        keys = {s.key for s in SETTINGS if s.section == section}
+        for key in table:
+            if key not in keys:
+                raise ConfigError(f"{where}: unknown key {section}.{key} (known: {', '.join(sorted(keys))})")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        table = data.get(setting.section, {})
+        raw = table[setting.key] if setting.key in table else setting.default
+        values[setting.path] = _coerce(setting, raw, where)
+    base = base or Path.cwd()
+    state_dir = values["server.state_dir"] or os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var"
+    return Config(
+        redis=RedisConfig(values["redis.url"], values["redis.socket_timeout"]),
+        server=ServerConfig(
+            namespace=values["server.namespace"],
+            app=values["server.app"],
+            python_path=tuple(str((base / p).resolve()) for p in values["server.python_path"]),
+            concurrency=values["server.concurrency"] or os.cpu_count() or 1,
+            shutdown_timeout=values["server.shutdown_timeout"],
+            hard_timeout_grace=values["server.hard_timeout_grace"],
+            max_crashes=values["server.max_crashes"],
+            max_jobs_per_child=values["server.max_jobs_per_child"],
+            max_memory_per_child=values["server.max_memory_per_child"],
+            state_dir=str((base / state_dir).resolve()),
+        ),
+        log=LogConfig(values["log.format"], values["log.level"]),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file; relative paths in it resolve against its directory."""
+    file = Path(path)
+    try:
+        text = file.read_text("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read config: {err.strerror or err}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{file}: invalid TOML: {err}") from None
+    config = build_config(data, str(file), file.resolve().parent)
+    return Config(config.redis, config.server, config.log, file.resolve())

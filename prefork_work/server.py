@@ -1,0 +1,405 @@
+"""The one place that wires the generic prefork master (``supervisor``) to the job system.
+
+Each child is one gocraft pool of concurrency 1 with its own pool id and worker id. The
+master owns everything periodic: heartbeats of all children (one pipeline), observations
+read from the children's shared-memory slots, the requeuer, the dead-pool reaper and the
+periodic enqueuer. When a child dies the master reclaims its in-progress jobs at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from prefork_work.app import App, JobType
+from prefork_work.config import Config, load_config
+from prefork_work.connection import redis_from_url
+from prefork_work.embedded import EmbeddedRedis
+from prefork_work.errors import ConfigError, PreforkWorkError, RedisUnavailable
+from prefork_work.job import Job, make_identifier
+from prefork_work.keys import Keys
+from prefork_work.loops.heartbeater import Heartbeater, PoolInfo, hostname
+from prefork_work.loops.periodic import PeriodicEnqueuer
+from prefork_work.loops.reaper import DeadPoolReaper
+from prefork_work.loops.requeuer import Requeuer
+from prefork_work.store.pools import PoolStore
+from prefork_work.store.queue import QueueStore
+from prefork_work.worker import Worker, default_backoff, observation_args
+from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask, Supervisor
+
+log = structlog.get_logger("prefork_work.server")
+
+OBSERVATION_INTERVAL = 1.0  # gocraft's observer flushes once a second
+EMBEDDED_CHECK_INTERVAL = 1.0
+
+
+def supervisor_settings(config: Config) -> dict[str, Any]:
+    """The supervisor's knobs from the config: at start and again on every reload (HUP)."""
+    return {
+        "concurrency": config.server.concurrency,
+        "shutdown_timeout": config.server.shutdown_timeout,
+        "hard_timeout_grace": config.server.hard_timeout_grace,
+        "max_jobs_per_child": config.server.max_jobs_per_child or None,
+        "max_memory_per_child": config.server.max_memory_per_child * 1024 * 1024 or None,
+    }
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` and check it is an App; failures are ConfigError (exit 78)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any failure to import is the operator's to fix: one clear line
+        raise ConfigError(
+            f"server.app: cannot import {module_name!r}: {type(err).__name__}: {err}"
+        ) from err
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"server.app: {spec!r} is {type(app).__name__}, not a prefork_work App")
+    if not app.job_types:
+        raise ConfigError(f"server.app: {spec!r} registers no job types")
+    return app
+
+
+def reimport_app(spec: str) -> App:
+    """Import the app's top-level package afresh (HUP), so children run the new code."""
+    root = spec.partition(":")[0].partition(".")[0]
+    if root not in ("prefork_work", "supervisor"):
+        for name in [n for n in sys.modules if n == root or n.startswith(root + ".")]:
+            del sys.modules[name]
+    else:
+        sys.modules.pop(spec.partition(":")[0], None)
+    importlib.invalidate_caches()
+    return load_app(spec)
+
+
+@dataclass(slots=True)
+class ChildRecord:
+    pool_id: str
+    worker_id: str
+    started_at: int
+    observed: str | None = None  # the slot label last written as an observation
+
+
+def hard_timeout_of(job_type: JobType | None, grace: float) -> float | None:
+    if job_type is None:
+        return None
+    if job_type.hard_timeout:
+        return job_type.hard_timeout
+    if job_type.timeout:
+        return job_type.timeout + grace
+    return None
+
+
+class ScoreboardObserver:
+    """Observes jobs through the child's shared-memory slot: no Redis, no syscall per job.
+
+    The slot's extra blob holds the raw job bytes (decoded by the master only for the rare
+    job that is still running when observations are written) and, after a NUL, the check-in.
+    """
+
+    def __init__(self, ctx: ChildContext, grace: float) -> None:
+        self.ctx = ctx
+        self.grace = grace
+        self.raw = b""
+
+    @contextlib.contextmanager
+    def observe(self, job: Job, job_type: JobType) -> Iterator[None]:
+        limit = hard_timeout_of(job_type, self.grace)
+        self.raw = job.raw or b""
+        with self.ctx.job(f"{job.id} {job.name}",
+                          deadline=time.monotonic() + limit if limit else None, extra=self.raw):
+            yield
+
+    def checkin(self, job: Job, message: str) -> None:
+        self.ctx.slot.note(self.raw + b"\0" + message.encode("utf-8", "replace"))
+
+
+class RedisOutage:
+    """The master's loops during a Redis outage: one warning when it starts, one line when it
+    ends, instead of a traceback from every loop every second."""
+
+    def __init__(self) -> None:
+        self.failing: set[str] = set()
+
+    def tolerate(self, name: str, tick: Callable[[float], object]) -> Callable[[float], None]:
+        def run(now: float) -> None:
+            try:
+                tick(now)
+            except RedisUnavailable as err:
+                if not self.failing:
+                    log.warning("redis unavailable; the master's loops will retry", error=str(err))
+                self.failing.add(name)
+                return
+            if name in self.failing:
+                self.failing.discard(name)
+                if not self.failing:
+                    log.info("redis reachable again")
+
+        return run
+
+
+class WorkServer:
+    """The ChildApp the supervisor drives: everything job-specific about the server."""
+
+    def __init__(self, config: Config, app: App, redis_url: str,
+                 embedded: EmbeddedRedis | None = None) -> None:
+        self.config = config
+        self.app = app
+        self.redis_url = redis_url
+        self.embedded = embedded
+        self.master_id = make_identifier()
+        self.host = hostname()
+        self.keys = Keys(config.server.namespace)
+        self.redis = redis_from_url(redis_url, client_name="prefork-work:master",
+                                    socket_timeout=config.redis.socket_timeout)
+        self.pools = PoolStore(self.redis, self.keys)
+        self.supervisor: Supervisor | None = None
+        self.reaped_local = False
+        self._build_loops()
+
+    def _build_loops(self) -> None:
+        self.heartbeater = Heartbeater(self.pools, self._pool_infos, host=self.host)
+        self.reaper = DeadPoolReaper(self.pools, lambda: list(self.app.job_types),
+                                     live_pools=self._live_pool_ids)
+        self.requeuer = Requeuer(self.pools)
+        self.periodic = PeriodicEnqueuer(self.pools, [(p.name, p.spec) for p in self.app.periodic_jobs])
+
+    def announce(self) -> None:
+        """What gocraft's WorkerPool.Start writes: caps and known job names."""
+        QueueStore(self.redis, self.keys).set_max_concurrency(
+            {n: t.max_concurrency for n, t in self.app.job_types.items()})
+
+    # --- supervisor hooks: master side ---------------------------------------------------------
+    def prepare_child(self, child: Child) -> None:
+        child.data["record"] = ChildRecord(make_identifier(), make_identifier(), int(time.time()))
+
+    def child_exited(self, child: Child, info: ExitInfo) -> None:
+        record: ChildRecord = child.data["record"]
+        now = time.time()
+        state = child.slot.read()
+        try:
+            if state.busy and not info.clean:
+                self._settle_running_job(record, state.label, info, now)
+            moved = self.reaper.reclaim_pool(record.pool_id, now, names=self.app.job_types)
+            self.heartbeater.remove(record.pool_id, [record.worker_id])
+        except PreforkWorkError as err:
+            # The pool keeps its lists and heartbeat; the reaper takes it once it is stale.
+            log.error("could not reclaim a dead child's jobs", pool_id=record.pool_id, error=str(err))
+            return
+        if moved:
+            log.info("requeued a dead child's jobs", pool_id=record.pool_id, jobs=moved)
+
+    def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> None:
+        job_id, _, name = label.partition(" ")
+        if info.cause in ("shutdown timeout", "interrupted"):
+            return  # not the job's fault: reclaim_pool puts it back in its queue
+        if info.cause == "hard timeout":
+            self._fail_hard_timeout(record.pool_id, name, job_id, now)
+            return
+        verdict = self.reaper.record_crash(record.pool_id, name, job_id, info.describe(),
+                                           self.config.server.max_crashes, now)
+        log.warning("a job's process died under it", job_id=job_id, job_name=name,
+                    cause=info.describe(), verdict=verdict)
+
+    def _fail_hard_timeout(self, pool_id: str, name: str, job_id: str, now: float) -> None:
+        job_type = self.app.job_types.get(name)
+        limit = hard_timeout_of(job_type, self.config.server.hard_timeout_grace)
+        found = self.pools.in_progress_job(pool_id, name, job_id)
+        if found is None:
+            return
+        raw, job = found
+        job.fails += 1
+        job.err = f"hard timeout after {limit:g}s" if limit else "hard timeout"
+        job.failed_at = int(now)
+        retry = job_type is not None and job_type.max_fails - job.fails > 0
+        drop = job_type is not None and not retry and job_type.skip_dead
+        backoff = (job_type.backoff or default_backoff)(job) if retry and job_type else 0
+        self.pools.settle_in_progress(pool_id, name, raw, not retry, int(now) + int(backoff),
+                                      b"" if drop else job.to_json())
+        log.warning("job killed at its hard timeout", job_id=job_id, job_name=name,
+                    error=job.err, retry=retry)
+
+    def reload(self) -> None:
+        if self.config.path is None:
+            raise ConfigError("no config file to reload")
+        config = load_config(self.config.path)
+        for path in config.server.python_path:
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        self.app = reimport_app(config.server.app)
+        fixed = [name for name, old, new in (
+            ("redis.url", self.config.redis.url, config.redis.url),
+            ("server.namespace", self.config.server.namespace, config.server.namespace),
+            ("server.state_dir", self.config.server.state_dir, config.server.state_dir),
+        ) if old != new]
+        if fixed:  # children of both generations must share one Redis and namespace
+            log.warning("changed settings need a restart, not a reload; keeping the old values",
+                        settings=fixed)
+            config = replace(config, redis=self.config.redis, server=replace(
+                config.server, namespace=self.config.server.namespace,
+                state_dir=self.config.server.state_dir))
+        self.config = config
+        if self.supervisor is not None:
+            self.supervisor.configure(**supervisor_settings(config))
+        self._build_loops()
+        self.announce()
+        log.info("reloaded", job_types=len(self.app.job_types))
+
+    def status_line(self) -> str:
+        children = self.supervisor.children if self.supervisor else []
+        busy = sum(1 for c in children if c.slot.read().busy)
+        return f"[{self.config.server.namespace}] {len(children)} children, {busy} busy"
+
+    def tasks(self) -> list[PeriodicTask]:
+        outage = RedisOutage()
+        tasks = [
+            # the loops are rebuilt on reload (new job names, new cron specs): look them up
+            # at each tick rather than binding this generation's objects into the timers
+            PeriodicTask("heartbeat", self.heartbeater.interval,
+                         outage.tolerate("heartbeat", lambda now: self.heartbeater.tick(now))),
+            PeriodicTask("observations", OBSERVATION_INTERVAL,
+                         outage.tolerate("observations", self._write_observations)),
+            PeriodicTask("requeuer", self.requeuer.interval,
+                         outage.tolerate("requeuer", lambda now: self.requeuer.tick(now))),
+            PeriodicTask("reaper", self.reaper.interval, outage.tolerate("reaper", self._reap)),
+            PeriodicTask("periodic", self.periodic.interval,
+                         outage.tolerate("periodic", lambda now: self.periodic.tick(now))),
+        ]
+        if self.embedded is not None:
+            tasks.append(PeriodicTask("embedded-redis", EMBEDDED_CHECK_INTERVAL, self._check_embedded,
+                                      run_at_start=False))
+        return tasks
+
+    def shutdown(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()  # last: SHUTDOWN flushes its append-only file
+            log.info("stopped embedded redis")
+
+    # --- supervisor hooks: child side -----------------------------------------------------------
+    def child_main(self, ctx: ChildContext) -> int:
+        record: ChildRecord = ctx.data["record"]
+        structlog.contextvars.bind_contextvars(pool_id=record.pool_id)
+        client = redis_from_url(self.redis_url, client_name=f"prefork-work:child:{ctx.index}",
+                                socket_timeout=self.config.redis.socket_timeout)
+        worker = Worker(
+            self.app, client, self.config.server.namespace,
+            pool_id=record.pool_id, worker_id=record.worker_id,
+            observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
+            requeue_exceptions=(Interrupted,),
+        )
+        # The heartbeat exists before the first fetch, so no reaper takes this pool for dead.
+        heartbeater = Heartbeater(PoolStore(client, self.keys), list, host=self.host)
+        while True:
+            if ctx.stop_requested or not ctx.master_alive():
+                return 0
+            try:
+                heartbeater.beat_one(self._pool_info(os.getpid(), record), time.time())
+                break
+            except RedisUnavailable as err:
+                # Redis down while this child boots: wait as the running worker does, rather
+                # than die and send the master into crash-loop backoff over an outage
+                worker.wait_out_redis(err)
+        ctx.ready()
+        worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
+                    quiet=lambda: ctx.quiet, max_jobs=ctx.max_jobs)
+        return 0
+
+    # --- periodic work ----------------------------------------------------------------------------
+    def _reap(self, now: float) -> None:
+        if not self.reaped_local:
+            # a master restarting on this host takes its predecessor's orphans at once
+            moved = self.reaper.reap_local_orphans(self.host, now)
+            if moved:
+                log.info("requeued jobs of this host's dead pools", jobs=moved)
+            self.reaped_local = True
+        self.reaper.tick(now)
+
+    def _check_embedded(self, now: float) -> None:
+        assert self.embedded is not None
+        if not self.embedded.alive() and not (self.supervisor and self.supervisor.stopping):
+            log.error("embedded redis died; restarting it")
+            self.embedded.start()
+
+    def _records(self) -> list[ChildRecord]:
+        children = self.supervisor.children if self.supervisor else []
+        return [c.data["record"] for c in children if "record" in c.data]
+
+    def _live_pool_ids(self) -> set[str]:
+        return {r.pool_id for r in self._records()}
+
+    def _pool_info(self, pid: int, record: ChildRecord) -> PoolInfo:
+        return PoolInfo(record.pool_id, pid, [record.worker_id], sorted(self.app.job_types), 1,
+                        record.started_at,
+                        {"master_pid": str(os.getpid() if pid != os.getpid() else os.getppid()),
+                         "master_id": self.master_id})
+
+    def _pool_infos(self) -> list[PoolInfo]:
+        children = self.supervisor.children if self.supervisor else []
+        return [self._pool_info(c.pid, c.data["record"]) for c in children
+                if "record" in c.data and c.pid]
+
+    def _write_observations(self, now: float) -> None:
+        """Mirror the children's slots into gocraft's observation hashes, in one pipeline."""
+        started: list[tuple[str, str, str, int, str]] = []
+        checkins: list[tuple[str, str, int]] = []
+        idle: list[str] = []
+        for child in self.supervisor.children if self.supervisor else []:
+            record: ChildRecord | None = child.data.get("record")
+            if record is None:
+                continue
+            state = child.slot.read()
+            if state.busy:
+                raw, _, checkin = state.extra.partition(b"\0")
+                if state.label != record.observed:
+                    job_id, _, name = state.label.partition(" ")
+                    started.append((record.worker_id, name, job_id, int(state.started_at),
+                                    _observation_args(raw)))
+                    record.observed = state.label
+                if checkin:
+                    checkins.append((record.worker_id, checkin.decode("utf-8", "replace"), int(now)))
+            elif record.observed is not None:
+                idle.append(record.worker_id)
+                record.observed = None
+        if started or checkins or idle:
+            self.pools.write_observations(started, checkins, idle)
+
+
+def _observation_args(raw: bytes) -> str:
+    try:
+        return observation_args(Job.from_json(raw))
+    except PreforkWorkError:
+        return ""
+
+
+def start_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
+    if config.redis.url:
+        return config.redis.url, None
+    embedded = EmbeddedRedis(Path(config.server.state_dir) / "redis", persist=True)
+    embedded.start()
+    log.info("started embedded redis", socket=str(embedded.socket_path))
+    return embedded.url, embedded
+
+
+def run(config: Config, app: App) -> int:
+    """Run the server until it is told to stop; returns the exit code."""
+    redis_url, embedded = start_redis(config)
+    try:
+        server = WorkServer(config, app, redis_url, embedded)
+        server.announce()
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    supervisor = Supervisor(server, title="prefork-work", **supervisor_settings(config))
+    server.supervisor = supervisor
+    return supervisor.run()
