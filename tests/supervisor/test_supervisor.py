@@ -1,0 +1,199 @@
+"""The generic prefork master on its own, driven through the toy ChildApp in toy.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import read_records, wait_until
+
+from supervisor.scoreboard import Scoreboard
+
+TOY = Path(__file__).with_name("toy.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Toy:
+    def __init__(self, tmp_path: Path, **options: object) -> None:
+        self.dir = tmp_path
+        self.log = tmp_path / "master.log"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen([sys.executable, str(TOY), str(tmp_path), json.dumps(options)],
+                                        stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        records = read_records(self.dir / "events.log")
+        return [e for e in records if kind is None or e["event"] == kind]
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return [p for p in psutil.Process(self.process.pid).children()
+                    if p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+@pytest.fixture
+def toy(tmp_path):
+    started: list[Toy] = []
+
+    def make(**options: object) -> Toy:
+        started.append(Toy(tmp_path, **options))
+        return started[-1]
+
+    yield make
+    for instance in started:
+        if instance.process.poll() is None:
+            instance.process.kill()
+            instance.process.wait(5)
+
+
+def test_scoreboard_slot_round_trip() -> None:
+    board = Scoreboard(4)
+    slot, reader = board.slot(2), board.slot(2)
+    slot.reset()
+    assert not reader.read().busy
+    slot.begin("abc send_email", deadline=123.5, extra=b"payload")
+    state = reader.read()
+    assert state.busy and state.label == "abc send_email" and state.deadline == 123.5
+    assert state.extra == b"payload" and state.seq % 2 == 0
+    slot.note(b"payload\0checked in")
+    assert reader.read().extra == b"payload\0checked in"
+    slot.end()
+    state = reader.read()
+    assert not state.busy and state.jobs_done == 1 and state.label == ""
+    assert not board.slot(1).read().busy  # slots do not overlap
+    with pytest.raises(IndexError):
+        board.slot(4)
+
+
+def test_scoreboard_reader_never_returns_a_torn_write() -> None:
+    board = Scoreboard(1)
+    slot = board.slot(0)
+    slot.reset()
+    slot.seq = 0
+    # a writer stopped mid-write (odd sequence): the reader gives up with an empty state
+    import struct
+    struct.pack_into("<Q", board.memory, 0, 7)
+    state = slot.read()
+    assert state.seq == -1 and not state.busy
+
+
+def test_supervisor_never_imports_the_job_system() -> None:
+    for path in (ROOT / "supervisor").glob("*.py"):
+        assert "prefork_work" not in path.read_text(), path.name
+
+
+def test_children_run_and_a_killed_child_is_replaced(toy) -> None:
+    instance = toy(concurrency=2, job_seconds=0.2)
+    wait_until(lambda: len(instance.children()) == 2, 10)
+    wait_until(lambda: instance.events("start"), 10)
+    victim = instance.children()[0]
+    victim.kill()
+    wait_until(lambda: any(e["pid"] == victim.pid for e in instance.events("child_exited")), 10)
+    exited = next(e for e in instance.events("child_exited") if e["pid"] == victim.pid)
+    assert exited["describe"] == "SIGKILL"
+    wait_until(lambda: len(instance.children()) == 2 and victim.pid not in
+               {c.pid for c in instance.children()}, 10, message="a replacement")
+    assert instance.events("tick")  # the periodic task runs in the master
+    assert instance.stop() == 0
+    assert instance.events("shutdown")
+
+
+def test_crash_loop_backs_off_instead_of_forking_a_storm(toy) -> None:
+    instance = toy(concurrency=4, fail_boot=True)
+    time.sleep(4)
+    exits = instance.events("child_exited")
+    # backoff 1 s, 2 s, 4 s...: a handful of forks in 4 s, one at a time, never 4 at once
+    assert 1 <= len(exits) <= 5, len(exits)
+    log = instance.log.read_text()
+    assert "children are failing at start; backing off" in log
+    assert "cannot import my_jobs: boom" in log
+    assert instance.process.poll() is None  # the master stays up and keeps trying
+    assert instance.stop() == 0
+
+
+def test_graceful_stop_waits_for_running_jobs(toy) -> None:
+    instance = toy(concurrency=2, job_seconds=1.0)
+    wait_until(lambda: len(instance.events("start")) >= 2, 10)
+    instance.process.send_signal(signal.SIGTERM)
+    assert instance.process.wait(10) == 0
+    started = {e["job"] + str(e["pid"]) for e in instance.events("start")}
+    finished = {e["job"] + str(e["pid"]) for e in instance.events("done")}
+    assert started == finished  # every job that started, finished
+
+
+def test_fast_stop_interrupts_running_jobs(toy) -> None:
+    instance = toy(concurrency=2, job_seconds=30)
+    wait_until(lambda: len(instance.events("start")) >= 2, 10)
+    begun = time.monotonic()
+    instance.process.send_signal(signal.SIGINT)
+    assert instance.process.wait(10) == 0
+    assert time.monotonic() - begun < 5
+    assert len(instance.events("interrupted")) == 2
+
+
+def test_hard_timeout_signal_then_kill(toy) -> None:
+    instance = toy(concurrency=1, job_seconds=30, hard_timeout=0.3, hard_timeout_grace=0.5,
+                   ignore_timeout=True)
+    wait_until(lambda: instance.events("child_exited"), 10, message="the stuck child killed")
+    exited = instance.events("child_exited")[0]
+    assert exited["cause"] == "hard timeout" and exited["busy"]
+    wait_until(lambda: len(instance.children()) == 1, 10)
+    assert instance.stop() == 0
+
+
+def test_child_born_over_the_memory_limit_is_not_respawned_in_a_loop(toy) -> None:
+    instance = toy(concurrency=1, allocate_mb=120, max_memory=60 * 2**20, memory_check_interval=0.2)
+    wait_until(lambda: instance.events("ready"), 10)
+    time.sleep(2.5)  # a dozen memory checks
+    assert len(instance.events("ready")) == 1 and not instance.events("child_exited")
+    log = instance.log.read_text()
+    assert log.count("already over the memory limit") == 1
+    assert instance.stop() == 0
+
+
+def test_child_growing_over_the_memory_limit_is_recycled(toy) -> None:
+    instance = toy(concurrency=1, grow_mb=120, max_memory=80 * 2**20, memory_check_interval=0.2,
+                   job_seconds=0.05)
+    wait_until(lambda: len(instance.events("ready")) >= 2, 15, message="a recycled child")
+    first = instance.events("ready")[0]["pid"]
+    wait_until(lambda: any(e["pid"] == first for e in instance.events("child_exited")), 10)
+    exited = next(e for e in instance.events("child_exited") if e["pid"] == first)
+    assert exited["describe"] == "exit code 0"  # gracefully, after its job
+    assert "memory limit" in instance.log.read_text()
+    assert instance.stop() == 0
+
+
+def test_one_child_recycles_at_a_time_and_capacity_holds(toy) -> None:
+    instance = toy(concurrency=3, max_jobs=4, job_seconds=0.02)
+    wait_until(lambda: instance.log.read_text().count("recycling child") >= 6, 20,
+               message="several recyclings")
+    assert instance.stop() == 0
+    retiring: set[str] = set()
+    for line in instance.log.read_text().splitlines():
+        pid = re.search(r"pid=(\d+)", line)
+        if "recycling child" in line and pid:
+            assert not retiring, f"{pid.group(1)} retired while {retiring} still was"
+            retiring.add(pid.group(1))
+        elif "child exited" in line and pid:
+            retiring.discard(pid.group(1))
+    started = {e["pid"] for e in instance.events("ready")}
+    assert len(started) >= 8  # 3 first children and a successor for each finished recycling

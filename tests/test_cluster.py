@@ -1,0 +1,125 @@
+"""The library against Redis Cluster: a one-node cluster of our own (all 16384 slots).
+
+One node is enough to check what Cluster demands of us: every multi-key command and
+script must keep its keys in one slot (Redis answers CROSSSLOT otherwise, on any number
+of nodes), and the clients must work through redis-py's RedisCluster.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import wait_until
+from redis.cluster import RedisCluster
+
+from prefork_work.app import App
+from prefork_work.client import Client
+from prefork_work.embedded import find_redis_server
+from prefork_work.enqueuer import Enqueuer
+from prefork_work.errors import ConfigError
+from prefork_work.job import Job
+from prefork_work.keys import Keys
+from prefork_work.loops.requeuer import Requeuer
+from prefork_work.store.base import has_hash_tag
+from prefork_work.store.pools import PoolStore
+from prefork_work.worker import Worker
+
+NS = "{pw}"
+K = Keys(NS)
+
+
+def free_port() -> int:
+    # the cluster bus listens on port + 10000: both must be free
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + 10000 < 65536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    directory = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    process = subprocess.Popen(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(directory / "nodes.conf"), "--save", "", "--appendonly", "no",
+         "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        node = redis.Redis(port=port, socket_timeout=5)
+        wait_until(lambda: _ping(node), 10, message="the cluster node")
+        node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_until(lambda: node.cluster("info")["cluster_state"] == "ok", 15, 0.05, "cluster ok")
+        client = RedisCluster(host="127.0.0.1", port=port, socket_timeout=5)
+        yield client
+        client.close()
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+def _ping(node) -> bool:
+    try:
+        return bool(node.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def rc(cluster: RedisCluster) -> RedisCluster:
+    cluster.flushall()
+    return cluster
+
+
+def test_hash_tag_rule() -> None:
+    assert has_hash_tag("{pw}") and has_hash_tag("app{pw}") and has_hash_tag("{a}{b}")
+    assert not has_hash_tag("pw") and not has_hash_tag("{}pw{x}") and not has_hash_tag("pw{")
+
+
+def test_namespace_without_hash_tag_is_refused(rc) -> None:
+    with pytest.raises(ConfigError, match="hash tag"):
+        Enqueuer("pw", rc)
+
+
+def test_enqueue_work_requeue_and_client_on_a_cluster(rc) -> None:
+    ran: list[object] = []
+    app = App()
+    app.register("wat", lambda job: ran.append(job.args["a"]))
+    app.register("bad", lambda job: 1 / 0, max_fails=1)
+    enqueuer = Enqueuer(NS, rc)
+    enqueuer.enqueue("wat", {"a": 1})
+    enqueuer.enqueue_many([("wat", {"a": 2}), ("wat", {"a": 3})])
+    assert enqueuer.enqueue_unique("wat", {"a": 4}) is not None
+    assert enqueuer.enqueue_unique("wat", {"a": 4}) is None
+    enqueuer.enqueue_in("wat", -1, {"a": 5})
+    enqueuer.enqueue("bad", {})
+    assert Requeuer(PoolStore(rc, K)).tick(time.time()) == 1
+    worker = Worker(app, rc, NS, idle_waits=(0.01,))
+    assert worker.drain() == 6
+    assert sorted(ran) == [1, 2, 3, 4, 5]
+    client = Client(NS, rc)
+    assert [(q.job_name, q.count) for q in client.queues()] == [("bad", 0), ("wat", 0)]
+    dead, total = client.dead_jobs()
+    assert total == 1 and dead[0].job.err == "division by zero"
+    client.retry_dead_job(dead[0].died_at, dead[0].job.id)
+    assert Job.from_json(rc.lindex(K.jobs("bad"), 0)).fails == 0
+    client.pause("wat")
+    enqueuer.enqueue("wat", {"a": 6})
+    assert worker.drain() == 1 and 6 not in ran  # only "bad" ran
+    client.unpause("wat")
+    assert worker.drain() == 1 and 6 in ran

@@ -1,0 +1,300 @@
+"""The master loops against the real Redis: gocraft's heartbeater, dead_pool_reaper, requeuer
+and periodic_enqueuer test cases. Where gocraft's test pins one of its bugs, ours asserts the
+fixed behaviour and says so."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prefork_work import cron
+from prefork_work.app import App
+from prefork_work.enqueuer import Enqueuer
+from prefork_work.job import Job
+from prefork_work.keys import Keys
+from prefork_work.loops.heartbeater import Heartbeater, PoolInfo
+from prefork_work.loops.periodic import PeriodicEnqueuer
+from prefork_work.loops.reaper import DeadPoolReaper
+from prefork_work.loops.requeuer import Requeuer
+from prefork_work.store.pools import PoolStore
+from prefork_work.worker import Worker
+
+NS = "work"
+K = Keys(NS)
+NOW = 1_700_000_000
+
+
+def store(r) -> PoolStore:
+    return PoolStore(r, K)
+
+
+def job_bytes(name: str, job_id: str, args=None) -> bytes:
+    return Job(name=name, id=job_id, t=NOW, args=args).to_json()
+
+
+# --- heartbeater -------------------------------------------------------------------------------
+def test_heartbeat_fields_as_go_reads_them(r) -> None:
+    info = PoolInfo("pool1", 4242, ["ccc", "bbb"], ["foo", "bar"], 10, NOW - 5, {"master_pid": "1"})
+    hb = Heartbeater(store(r), lambda: [info], host="myhost")
+    hb.tick(NOW)
+    assert r.smembers(K.worker_pools()) == {b"pool1"}
+    fields = {k.decode(): v.decode() for k, v in r.hgetall(K.heartbeat("pool1")).items()}
+    assert fields == {
+        "heartbeat_at": str(NOW), "started_at": str(NOW - 5), "job_names": "bar,foo",
+        "concurrency": "10", "worker_ids": "bbb,ccc", "host": "myhost", "pid": "4242",
+        "master_pid": "1",
+    }
+    for name in ("heartbeat_at", "started_at", "concurrency", "pid"):
+        int(fields[name])  # Go parses these as integers
+    r.hset(K.worker_observation("bbb"), "job_name", "x")
+    hb.remove("pool1", ["bbb", "ccc"])
+    assert r.smembers(K.worker_pools()) == set()
+    assert not r.exists(K.heartbeat("pool1"))
+    assert not r.exists(K.worker_observation("bbb"))
+
+
+def test_heartbeats_of_many_pools_in_one_round_trip(r) -> None:
+    infos = [PoolInfo(f"p{i}", 100 + i, [f"w{i}"], ["a"], 1, NOW) for i in range(8)]
+    r.config_resetstat()
+    Heartbeater(store(r), lambda: infos, host="h").tick(NOW)
+    assert r.scard(K.worker_pools()) == 8
+    assert r.info("commandstats")["cmdstat_hset"]["calls"] == 8
+    assert r.info("commandstats")["cmdstat_sadd"]["calls"] == 1
+
+
+# --- reaper -------------------------------------------------------------------------------------
+def make_pool(r, pool_id: str, beat_at: int | None, names: str | None, jobs: dict[str, list[bytes]]):
+    r.sadd(K.worker_pools(), pool_id)
+    if beat_at is not None:
+        fields = {"heartbeat_at": beat_at, "host": "otherhost", "pid": 1}
+        if names is not None:
+            fields["job_names"] = names
+        r.hset(K.heartbeat(pool_id), mapping=fields)
+    for name, entries in jobs.items():
+        for raw in entries:
+            r.lpush(K.in_progress(name, pool_id), raw)
+            r.incr(K.lock(name))
+            r.hincrby(K.lock_info(name), pool_id, 1)
+
+
+def test_reaper_requeues_stale_pools_and_fixes_locks(r) -> None:
+    make_pool(r, "1", NOW, "type1,type2", {})
+    make_pool(r, "2", NOW - 3600, "type1,type2", {"type1": [job_bytes("type1", "j2")]})
+    make_pool(r, "3", NOW - 3600, "type1,type2", {})
+    reaper = DeadPoolReaper(store(r), ["type1", "type2"])
+    assert reaper.tick(NOW) == 1
+    assert r.lrange(K.jobs("type1"), 0, -1) == [job_bytes("type1", "j2")]
+    assert r.get(K.lock("type1")) == b"0"
+    assert r.hget(K.lock_info("type1"), "2") is None
+    assert r.smembers(K.worker_pools()) == {b"1"}
+    assert r.exists(K.heartbeat("1")) and not r.exists(K.heartbeat("2"))
+
+
+def test_pool_without_heartbeat_gets_its_jobs_back(r) -> None:
+    # gocraft's NoHeartbeat test asserts the in-progress list is left untouched (W1):
+    # ours requeues it, once the pool has been seen without a heartbeat for dead_after.
+    for pool in ("1", "2", "3"):
+        make_pool(r, pool, None, None, {})
+    make_pool(r, "1", None, None, {"type1": [job_bytes("type1", "a")]})
+    reaper = DeadPoolReaper(store(r), ["type1"], dead_after=10)
+    assert reaper.tick(NOW) == 0  # first sighting: maybe a Go pool before its first beat
+    assert r.llen(K.in_progress("type1", "1")) == 1
+    assert reaper.tick(NOW + 11) == 1
+    assert r.llen(K.jobs("type1")) == 1
+    assert r.smembers(K.worker_pools()) == set()
+    assert r.get(K.lock("type1")) == b"0"
+    assert r.hgetall(K.lock_info("type1")) == {}
+
+
+def test_stale_heartbeat_without_job_names_is_still_reaped(r) -> None:
+    # gocraft never reaps such a pool (W7); the lists are found by SCAN instead.
+    make_pool(r, "1", NOW - 3600, None, {"type1": [job_bytes("type1", "x")]})
+    make_pool(r, "2", NOW - 3600, "type1", {"type1": [job_bytes("type1", "y")]})
+    assert DeadPoolReaper(store(r), ["type1"]).tick(NOW) == 2
+    assert r.llen(K.jobs("type1")) == 2
+
+
+def test_live_and_own_pools_are_not_reaped(r) -> None:
+    make_pool(r, "fresh", NOW - 2, "a", {"a": [job_bytes("a", "1")]})
+    make_pool(r, "mine", NOW - 3600, "a", {"a": [job_bytes("a", "2")]})
+    reaper = DeadPoolReaper(store(r), ["a"], live_pools=lambda: {"mine"})
+    assert reaper.tick(NOW) == 0
+    assert r.llen(K.in_progress("a", "fresh")) == 1
+    assert r.llen(K.in_progress("a", "mine")) == 1
+
+
+def test_two_reapers_requeue_each_job_once(r) -> None:
+    make_pool(r, "dead", NOW - 3600, "a", {"a": [job_bytes("a", str(i)) for i in range(50)]})
+    first, second = DeadPoolReaper(store(r), ["a"]), DeadPoolReaper(store(r), ["a"])
+    # the second reaper finds the pool claimed by the first
+    assert store(r).claim_pool("dead", first.claimant)
+    assert second.tick(NOW) == 0
+    store(r).release_claim("dead")
+    assert first.tick(NOW) + second.tick(NOW) == 50
+    assert r.llen(K.jobs("a")) == 50
+    assert len(set(r.lrange(K.jobs("a"), 0, -1))) == 50
+
+
+def test_reclaim_pool_at_once_and_local_orphans(r) -> None:
+    make_pool(r, "child", NOW, "a", {"a": [job_bytes("a", "1"), job_bytes("a", "2")]})
+    reaper = DeadPoolReaper(store(r), ["a"])
+    assert reaper.reclaim_pool("child", NOW, names=["a"]) == 2  # heartbeat fresh: no matter
+    assert not r.exists(K.heartbeat("child"))
+    make_pool(r, "orphan", NOW, "a", {"a": [job_bytes("a", "3")]})
+    r.hset(K.heartbeat("orphan"), mapping={"host": "here", "pid": 999999})
+    make_pool(r, "alive", NOW, "a", {"a": [job_bytes("a", "4")]})
+    r.hset(K.heartbeat("alive"), mapping={"host": "here", "pid": 1})
+    moved = reaper.reap_local_orphans("here", NOW, pid_alive=lambda pid: pid == 1)
+    assert moved == 1
+    assert r.llen(K.jobs("a")) == 3
+    assert r.llen(K.in_progress("a", "alive")) == 1
+
+
+def test_record_crash_until_poison_job_is_dead(r) -> None:
+    raw = job_bytes("boom", "jid", {"k": 1})
+    other = job_bytes("boom", "other")
+    reaper = DeadPoolReaper(store(r), ["boom"])
+    for attempt in (1, 2):
+        make_pool(r, f"p{attempt}", NOW, "boom", {"boom": [raw, other]})
+        assert reaper.record_crash(f"p{attempt}", "boom", "jid", "SIGKILL", 3, NOW) == "requeued"
+        reaper.reclaim_pool(f"p{attempt}", NOW, names=["boom"])
+        r.delete(K.jobs("boom"))
+    make_pool(r, "p3", NOW, "boom", {"boom": [raw, other]})
+    assert reaper.record_crash("p3", "boom", "jid", "SIGKILL", 3, NOW) == "dead"
+    (member,) = r.zrange(K.dead(), 0, -1)
+    dead = Job.from_json(member)
+    assert (dead.id, dead.err, dead.fails, dead.args) == ("jid", "worker died: SIGKILL (3 times)", 1, {"k": 1})
+    assert reaper.reclaim_pool("p3", NOW, names=["boom"]) == 1  # the innocent job goes back
+    assert r.lrange(K.jobs("boom"), 0, -1) == [other]
+    assert r.get(K.lock("boom")) == b"0"
+    assert not r.exists(K.crashes("jid"))
+
+
+def test_recompute_locks_heals_drift(r) -> None:
+    make_pool(r, "p1", NOW, "a", {"a": [job_bytes("a", "1"), job_bytes("a", "2")]})
+    r.set(K.lock("a"), 17)
+    r.hset(K.lock_info("a"), mapping={"p1": 9, "gone": 5, "zero": 0})
+    DeadPoolReaper(store(r), ["a"]).repair_locks(["a"])
+    # fields of pools with no in-progress entries go (W23); the lock is their sum
+    assert r.get(K.lock("a")) == b"2"
+    assert r.hgetall(K.lock_info("a")) == {b"p1": b"2"}
+
+
+def test_reaped_jobs_run_again(r) -> None:
+    ran = []
+    app = App()
+    app.register("a", lambda job: ran.append(job.id))
+    make_pool(r, "dead", NOW - 3600, "a", {"a": [job_bytes("a", "x")]})
+    DeadPoolReaper(store(r), ["a"]).tick(NOW)
+    Worker(app, r, NS, idle_waits=(0.01,)).drain()
+    assert ran == ["x"]
+
+
+# --- requeuer -----------------------------------------------------------------------------------
+def test_requeuer_moves_due_jobs_whatever_their_name(r) -> None:
+    now = int(time.time())
+    r.zadd(K.scheduled(), {job_bytes("wat", "1"): now - 19, job_bytes("wat", "2"): now - 19,
+                           job_bytes("foo", "3"): now, job_bytes("foo", "4"): now + 4,
+                           job_bytes("bar", "5"): now + 9})
+    assert Requeuer(store(r)).tick(now) == 3
+    assert r.llen(K.jobs("wat")) == 2 and r.llen(K.jobs("foo")) == 1 and r.llen(K.jobs("bar")) == 0
+    assert r.zcard(K.scheduled()) == 2
+    assert abs(Job.from_json(r.lindex(K.jobs("foo"), 0)).t - now) <= 2
+
+
+def test_requeuer_keeps_unknown_names_and_exact_bytes(r) -> None:
+    # gocraft moves a due job whose name the pool does not register to dead (W10), and
+    # its cjson round trip rounds big numbers and turns [] into {} (W26). Ours does neither.
+    job = Job(name="registered_elsewhere", id="u1", t=5, args={"big": 12345678901234567, "l": []},
+              fails=1, err="boom", failed_at=6)
+    r.zadd(K.retry(), {job.to_json(): NOW - 1})
+    assert Requeuer(store(r)).tick(NOW) == 1
+    assert r.zcard(K.dead()) == 0
+    moved = Job.from_json(r.lindex(K.jobs("registered_elsewhere"), 0))
+    assert moved.args == {"big": 12345678901234567, "l": []}
+    assert (moved.t, moved.fails, moved.err, moved.failed_at) == (NOW, 1, "boom", 6)
+    assert r.llen(K.wake()) >= 1
+
+
+def test_requeuer_sends_undecodable_members_to_dead(r) -> None:
+    r.zadd(K.scheduled(), {b"garbage": NOW - 1, job_bytes("ok", "1"): NOW - 1})
+    assert Requeuer(store(r)).tick(NOW) == 1
+    (member,) = r.zrange(K.dead(), 0, -1)
+    dead = Job.from_json(member)
+    assert dead.err.startswith("malformed job") and dead.args == {"malformed_payload": "garbage"}
+    assert r.zcard(K.scheduled()) == 0
+
+
+def test_requeuer_handles_more_than_a_batch(r) -> None:
+    r.zadd(K.retry(), {job_bytes("a", str(i)): NOW - 1 for i in range(1203)})
+    assert Requeuer(store(r)).tick(NOW) == 1203
+    assert r.llen(K.jobs("a")) == 1203
+
+
+def test_scripts_survive_script_flush(r) -> None:
+    r.zadd(K.retry(), {job_bytes("a", "1"): NOW - 1})
+    r.script_flush()
+    assert Requeuer(store(r)).tick(NOW) == 1
+    make_pool(r, "dead", NOW - 3600, "a", {"a": [job_bytes("a", "2")]})
+    r.script_flush()
+    assert DeadPoolReaper(store(r), ["a"]).tick(NOW) == 1
+
+
+# --- periodic enqueuer --------------------------------------------------------------------------
+def test_periodic_go_vector_and_second_run(r, monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    pe = PeriodicEnqueuer(store(r), [("foo", "0/29 * * * * *"), ("bar", "3/49 * * * * *"),
+                                     ("baz", "* * * 2 * *")])
+    now = 1468359453
+    assert pe.tick(now) == 20
+    members = r.zrange(K.scheduled(), 0, -1, withscores=True)
+    assert len(members) == 20
+    assert (b'{"name":"bar","id":"periodic:bar:3/49 * * * * *:1468359472","t":1468359472,"args":null}',
+            1468359472.0) in members
+    assert r.get(K.last_periodic_enqueue()) == str(now).encode()
+    assert pe.tick(now + 1) == 0  # not due: last run 1 s ago
+    assert not cron.should_enqueue(r.get(K.last_periodic_enqueue()), now + 1)
+    assert cron.should_enqueue(r.get(K.last_periodic_enqueue()), now + 12)
+    pe.tick(now + 12)
+    assert r.zcard(K.scheduled()) == 20 + len(
+        [t for t in cron.slots(pe.jobs[0][2], now + 12) if t >= now + 240]
+        + [t for t in cron.slots(pe.jobs[1][2], now + 12) if t >= now + 240])
+
+
+def test_periodic_runs_from_vectors(r, vectors, monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    runs = [run for run in json.loads((vectors / "periodic.json").read_text())["runs"]
+            if run["count"] and not any(s["spec"].startswith("@every") for s in run["specs"])
+            and "second_run" not in run["case"]][:8]
+    assert runs
+    for run in runs:
+        r.flushall()
+        PeriodicEnqueuer(store(r), [(s["job_name"], s["spec"]) for s in run["specs"]]).tick(run["now"])
+        got = [(m.decode(), str(int(s))) for m, s in r.zrange(K.scheduled(), 0, -1, withscores=True)]
+        assert sorted(got) == sorted((i["member"], i["score"]) for i in run["scheduled"]), run["case"]
+        assert r.get(K.last_periodic_enqueue()).decode() == run["last_periodic_enqueue"]
+
+
+def test_periodic_with_no_jobs_leaves_the_marker_alone(r) -> None:
+    assert PeriodicEnqueuer(store(r), []).tick(NOW) == 0
+    assert not r.exists(K.last_periodic_enqueue())
+
+
+def test_two_hosts_make_one_job_per_slot(r, monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    a = PeriodicEnqueuer(store(r), [("tick", "*/10 * * * * *")])
+    b = PeriodicEnqueuer(store(r), [("tick", "*/10 * * * * *")])
+    a.tick(NOW)
+    b.tick(NOW + 5)
+    scores = [s for _, s in r.zrange(K.scheduled(), 0, -1, withscores=True)]
+    assert len(scores) == len(set(scores)) and len(scores) >= 23
+
+
+def test_enqueuer_scheduled_job_reaches_a_worker_via_requeuer(r) -> None:
+    ran = []
+    app = App()
+    app.register("later", lambda job: ran.append(job.args))
+    Enqueuer(NS, r).enqueue_in("later", -1, {"x": 1})
+    Requeuer(store(r)).tick(time.time())
+    Worker(app, r, NS, idle_waits=(0.01,)).drain()
+    assert ran == [{"x": 1}]

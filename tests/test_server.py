@@ -1,0 +1,562 @@
+"""The prefork server on real processes: `prefork-work` as a subprocess, real signals, real
+SIGKILLs of children and master, and what Redis holds afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import read_records, wait_until
+
+from prefork_work.enqueuer import Enqueuer
+from prefork_work.job import Job
+from prefork_work.keys import Keys
+
+NS = "srv"
+K = Keys(NS)
+
+APP = textwrap.dedent('''
+    import json, os, signal, time
+    from prefork_work.app import App
+    from prefork_work.errors import JobTimeout
+    from supervisor import HardTimeout
+
+    EVIDENCE = os.environ["EVIDENCE"]
+    VERSION = "v1"
+    app = App()
+
+    def record(job, **extra):
+        line = dict(id=job.id, name=job.name, pid=os.getpid(), version=VERSION, **extra)
+        with open(EVIDENCE, "a") as handle:
+            handle.write(json.dumps(line) + "\\n")
+
+    @app.job("record")
+    def record_job(job):
+        record(job)
+
+    @app.job("sleep")
+    def sleep_job(job):
+        record(job, phase="start")
+        time.sleep(job.args["s"])
+        record(job, phase="end")
+
+    @app.job("poison")
+    def poison(job):
+        record(job, phase="start")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @app.job("stuck", timeout=0.3, max_fails=2, backoff=lambda job: 3600)
+    def stuck(job):
+        record(job, phase="start")
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+            except (JobTimeout, HardTimeout):
+                pass  # a badly behaved job: only SIGKILL stops it
+
+    @app.job("hog")
+    def hog(job):
+        global BALLAST
+        BALLAST = bytearray(job.args["mb"] * 1024 * 1024)
+        record(job)
+''')
+
+
+class Server:
+    def __init__(self, tmp_path: Path, redis_url: str, **server_options: object) -> None:
+        self.dir = tmp_path
+        self.evidence = tmp_path / "evidence.log"
+        (tmp_path / "jobs_app.py").write_text(APP)
+        options = {"namespace": NS, "app": "jobs_app:app", "python_path": [str(tmp_path)],
+                   "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 0.5}
+        options.update(server_options)
+        lines = ["[redis]", f'url = "{redis_url}"', "[server]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
+        lines += ["[log]", 'format = "json"', 'level = "debug"']
+        self.config = tmp_path / "work.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = tmp_path / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.concurrency = int(options["concurrency"])  # type: ignore[call-overload]
+
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Server:
+        environment = dict(os.environ, EVIDENCE=str(self.evidence), **(env or {}))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prefork_work.cli", "-c", str(self.config)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=environment,
+        )
+        if wait:
+            wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            candidates = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        alive = []
+        for child in candidates:  # one child dying while we look must not hide the others
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return alive
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 20) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                for child in self.children():
+                    child.kill()
+                self.process.kill()
+                self.process.wait(5)
+
+    def busy_child(self, timeout: float = 10) -> psutil.Process:
+        def find() -> psutil.Process | None:
+            for child in self.children():
+                try:
+                    if " busy " in " ".join(child.cmdline()):
+                        return child
+                except psutil.Error:
+                    continue
+            return None
+
+        return wait_until(find, timeout, 0.05, "a busy child")  # type: ignore[return-value]
+
+
+@pytest.fixture
+def server(tmp_path, redis_url, r):
+    servers: list[Server] = []
+
+    def make(**options: object) -> Server:
+        srv = Server(tmp_path, redis_url, **options)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()
+
+
+def enqueue(r, name: str, args: dict | None = None) -> Job:
+    return Enqueuer(NS, r).enqueue(name, args or {})
+
+
+def test_jobs_flow_and_heartbeats_are_go_readable(server, r) -> None:
+    srv = server().start()
+    jobs = [enqueue(r, "record", {"i": i}) for i in range(20)]
+    wait_until(lambda: len(read_records(srv.evidence)) == 20, 10)
+    assert {e["id"] for e in read_records(srv.evidence)} == {j.id for j in jobs}
+    pools = r.smembers(K.worker_pools())
+    assert len(pools) == 2
+    for pool in pools:
+        beat = r.hgetall(K.heartbeat(pool.decode()))
+        assert int(beat[b"heartbeat_at"]) > time.time() - 10
+        assert beat[b"job_names"] == b"hog,poison,record,sleep,stuck"
+        assert beat[b"concurrency"] == b"1"
+        assert int(beat[b"pid"]) in {c.pid for c in srv.children()}
+        assert beat[b"host"] == socket.gethostname().encode()
+    assert r.get(K.max_concurrency("record")) == b"0"
+
+
+def test_sigkill_of_a_busy_child_loses_nothing(server, r) -> None:
+    srv = server().start()
+    job = enqueue(r, "sleep", {"s": 2.5})
+    victim = srv.busy_child()
+    old_pools = {p.decode() for p in r.smembers(K.worker_pools())}
+    victim.kill()
+    # requeued and run again by another child, to completion
+    wait_until(lambda: any(e["id"] == job.id and e.get("phase") == "end" for e in read_records(srv.evidence)), 15)
+    starts = [e for e in read_records(srv.evidence) if e["id"] == job.id and e["phase"] == "start"]
+    assert len(starts) == 2 and starts[0]["pid"] == victim.pid != starts[1]["pid"]
+    wait_until(lambda: len(srv.children()) == 2, 10, message="a replacement child")
+    assert victim.pid not in {c.pid for c in srv.children()}
+    new_pools = {p.decode() for p in r.smembers(K.worker_pools())}
+    dead_pool = (old_pools - new_pools).pop()
+    assert not r.exists(K.heartbeat(dead_pool))
+    assert r.hget(K.lock_info("sleep"), dead_pool) is None
+    assert not r.exists(K.in_progress("sleep", dead_pool))
+    wait_until(lambda: r.get(K.lock("sleep")) == b"0", 5)
+
+
+def test_sigterm_lets_the_running_job_finish(server, r) -> None:
+    srv = server(shutdown_timeout=10.0).start()
+    job = enqueue(r, "sleep", {"s": 1.5})
+    srv.busy_child()
+    started = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    # once the idle child has left, the drain has begun: a job enqueued now must not start
+    wait_until(lambda: "child exited" in srv.log.read_text(), 5, message="the idle child leaving")
+    enqueue(r, "record", {"late": True})
+    assert srv.wait(15) == 0
+    assert time.monotonic() - started < 10
+    ends = [e for e in read_records(srv.evidence) if e["id"] == job.id and e.get("phase") == "end"]
+    assert len(ends) == 1
+    assert not [e for e in read_records(srv.evidence) if e["name"] == "record"]  # nothing new started
+    assert r.llen(K.jobs("record")) == 1
+    assert r.scard(K.worker_pools()) == 0
+    assert r.get(K.lock("sleep")) == b"0"
+
+
+def test_sigterm_past_shutdown_timeout_requeues_the_job(server, r) -> None:
+    srv = server(shutdown_timeout=1.0).start()
+    job = enqueue(r, "sleep", {"s": 30})
+    srv.busy_child()
+    started = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(15) == 0
+    assert time.monotonic() - started < 8
+    queued = [Job.from_json(raw) for raw in r.lrange(K.jobs("sleep"), 0, -1)]
+    assert [j.id for j in queued] == [job.id]
+    assert queued[0].fails == 0  # a shutdown is not the job's failure
+    assert r.zcard(K.retry()) == 0 and r.zcard(K.dead()) == 0
+    assert r.get(K.lock("sleep")) == b"0"
+    assert not list(r.scan_iter(match=K.in_progress_pattern()))
+
+
+def test_sigint_interrupts_and_requeues(server, r) -> None:
+    srv = server().start()
+    job = enqueue(r, "sleep", {"s": 30})
+    srv.busy_child()
+    srv.signal(signal.SIGINT)
+    assert srv.wait(10) == 0
+    assert [Job.from_json(raw).id for raw in r.lrange(K.jobs("sleep"), 0, -1)] == [job.id]
+    assert r.zcard(K.retry()) == 0 and r.zcard(K.dead()) == 0
+
+
+def test_sigkill_of_the_master(server, r) -> None:
+    srv = server().start()
+    job = enqueue(r, "sleep", {"s": 30})
+    busy = srv.busy_child()
+    children = srv.children()
+    srv.process.kill()  # type: ignore[union-attr]
+    srv.wait(5)
+    # children notice (parent-death signal) and exit by themselves, requeuing their job
+    wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
+    assert busy.pid not in psutil.pids() or busy.status() == psutil.STATUS_ZOMBIE
+    assert [Job.from_json(raw).id for raw in r.lrange(K.jobs("sleep"), 0, -1)] == [job.id]
+    # a new master on this host clears the dead pools' heartbeats at once and runs the job
+    second = server()
+    second.start()
+    wait_until(lambda: r.scard(K.worker_pools()) == 2, 10, message="only the new pools")
+    wait_until(lambda: any(e["id"] == job.id and e["phase"] == "start" and e["pid"] != busy.pid
+                           for e in read_records(srv.evidence)), 10)
+
+
+def test_new_master_reclaims_jobs_of_killed_children_at_once(server, r) -> None:
+    srv = server().start()
+    job = enqueue(r, "sleep", {"s": 30})
+    busy = srv.busy_child()
+    for child in srv.children():
+        child.kill()
+    srv.process.kill()  # type: ignore[union-attr]
+    srv.wait(5)
+    wait_until(lambda: not busy.is_running() or busy.status() == psutil.STATUS_ZOMBIE, 5)
+    assert r.llen(K.jobs("sleep")) == 0  # stranded in a dead pool's in-progress list
+    started = time.monotonic()
+    server().start()
+    wait_until(lambda: any(e["id"] == job.id and e["pid"] != busy.pid for e in read_records(srv.evidence)), 10)
+    assert time.monotonic() - started < 10  # not after gocraft's 10-minute reaper period
+
+
+def test_poison_job_ends_in_dead_after_max_crashes(server, r) -> None:
+    srv = server(max_crashes=3).start()
+    poison = enqueue(r, "poison")
+    for i in range(5):
+        enqueue(r, "record", {"i": i})
+    wait_until(lambda: r.zcard(K.dead()) == 1, 30, message="the poison job in dead")
+    dead = Job.from_json(r.zrange(K.dead(), 0, -1)[0])
+    assert dead.id == poison.id
+    assert dead.err == "worker died: SIGKILL (3 times)"
+    assert len([e for e in read_records(srv.evidence) if e["id"] == poison.id]) == 3
+    wait_until(lambda: len([e for e in read_records(srv.evidence) if e["name"] == "record"]) == 5, 10)
+    wait_until(lambda: len(srv.children()) == 2, 10)
+
+
+def test_hard_timeout_kills_and_retries(server, r) -> None:
+    srv = server(hard_timeout_grace=0.5).start()
+    job = enqueue(r, "stuck")
+    wait_until(lambda: r.zcard(K.retry()) == 1, 15, message="the job in retry")
+    retried = Job.from_json(r.zrange(K.retry(), 0, -1)[0])
+    assert retried.id == job.id and retried.fails == 1
+    assert retried.err.startswith("hard timeout")
+    wait_until(lambda: len(srv.children()) == 2, 10)
+    assert r.get(K.lock("stuck")) == b"0"
+
+
+def test_max_jobs_per_child_recycles(server, r) -> None:
+    srv = server(max_jobs_per_child=5, concurrency=1).start()
+    first = srv.children()[0].pid
+    for i in range(30):
+        enqueue(r, "record", {"i": i})
+    wait_until(lambda: len(read_records(srv.evidence)) == 30, 20)
+    pids = {e["pid"] for e in read_records(srv.evidence)}
+    assert first in pids and len(pids) >= 3
+    # each child ran at most its budget (5 plus 10% jitter), none more
+    per_child = {pid: sum(1 for e in read_records(srv.evidence) if e["pid"] == pid) for pid in pids}
+    assert max(per_child.values()) <= 5
+    wait_until(lambda: len(srv.children()) == 1, 10, message="the surge child retired")
+
+
+def test_memory_limit_recycles(server, r) -> None:
+    srv = server(max_memory_per_child=80, concurrency=1).start()
+    first = srv.children()[0].pid
+    enqueue(r, "hog", {"mb": 200})
+    time.sleep(0.2)
+    wait_until(lambda: first not in {c.pid for c in srv.children()} and len(srv.children()) == 1, 30,
+               message="the hog recycled")
+
+
+def test_ttin_ttou(server, r) -> None:
+    srv = server(concurrency=2).start()
+    srv.signal(signal.SIGTTIN)
+    wait_until(lambda: len(srv.children()) == 3, 10)
+    wait_until(lambda: r.scard(K.worker_pools()) == 3, 10)
+    srv.signal(signal.SIGTTOU)  # standard signals coalesce: one at a time
+    wait_until(lambda: len(srv.children()) == 2, 10)
+    srv.signal(signal.SIGTTOU)
+    wait_until(lambda: len(srv.children()) == 1, 10)
+    srv.signal(signal.SIGTTOU)  # never below one
+    time.sleep(0.5)
+    assert len(srv.children()) == 1
+
+
+def test_hup_reloads_job_code(server, r, tmp_path) -> None:
+    srv = server().start()
+    enqueue(r, "record")
+    wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+    old = {c.pid for c in srv.children()}
+    (tmp_path / "jobs_app.py").write_text(APP.replace('VERSION = "v1"', 'VERSION = "v2"'))
+    srv.config.write_text(srv.config.read_text().replace("concurrency = 2", "concurrency = 3"))
+    srv.signal(signal.SIGHUP)
+    # the new generation has the reloaded config's child count; the old one is gone
+    wait_until(lambda: not (old & {c.pid for c in srv.children()}) and len(srv.children()) == 3, 20)
+    enqueue(r, "record")
+    wait_until(lambda: len(read_records(srv.evidence)) == 2, 10)
+    assert [e["version"] for e in read_records(srv.evidence)] == ["v1", "v2"]
+
+
+def test_tstp_quiet_then_cont(server, r) -> None:
+    srv = server().start()
+    srv.signal(signal.SIGTSTP)
+    time.sleep(0.5)
+    enqueue(r, "record")
+    time.sleep(1.0)
+    assert read_records(srv.evidence) == []
+    assert psutil.Process(srv.pid).status() != psutil.STATUS_STOPPED
+    srv.signal(signal.SIGCONT)
+    wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+
+
+def test_process_titles(server, r) -> None:
+    srv = server().start()
+    assert "prefork-work master [srv] 2 children" in " ".join(psutil.Process(srv.pid).cmdline())
+    wait_until(lambda: all("prefork-work child" in " ".join(c.cmdline()) for c in srv.children()), 5)
+    enqueue(r, "sleep", {"s": 3})
+    busy = srv.busy_child()
+    assert " busy sleep " in " ".join(busy.cmdline())
+
+
+def test_sd_notify(server, r, tmp_path) -> None:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    srv = server().start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
+    messages: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                return
+
+    wait_until(lambda: drain() or any("READY=1" in m for m in messages), 10)
+    wait_until(lambda: drain() or any("WATCHDOG=1" in m for m in messages), 5)
+    assert any(m.startswith("STATUS=") for m in messages)
+    ready_before = sum("READY=1" in m for m in messages)
+    srv.signal(signal.SIGHUP)
+    wait_until(lambda: drain() or sum("READY=1" in m for m in messages) > ready_before, 15,
+               message="READY=1 after the reload")
+    reloading = next(m for m in messages if "RELOADING=1" in m)
+    assert "MONOTONIC_USEC=" in reloading
+    srv.signal(signal.SIGTERM)
+    srv.wait(10)
+    drain()
+    assert any("STOPPING=1" in m for m in messages)
+    assert any("EXTEND_TIMEOUT_USEC=" in m for m in messages)
+    sock.close()
+
+
+def test_job_module_import_failure_exits_78(server, tmp_path) -> None:
+    srv = server(app="broken_app:app")
+    (tmp_path / "broken_app.py").write_text("raise ImportError('no module named reportlab')\n")
+    srv.start(wait=False)
+    assert srv.wait(15) == 78
+    text = srv.log.read_text()
+    assert "reportlab" in text and "server.app" in text
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[server]\nconcurrency = "four"\n', "server.concurrency: expected an integer"),
+        ("[server]\nworkers = 4\n", "unknown key server.workers"),
+        ('[redis]\nurl = "http://x"\n', "redis.url: must start with"),
+        ("[server\n", "invalid TOML"),
+    ],
+)
+def test_config_errors_exit_78_and_name_the_key(tmp_path, body: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(body)
+    result = subprocess.run([sys.executable, "-m", "prefork_work.cli", "-c", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    assert message in result.stderr and str(config) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_embedded_redis_when_none_is_configured(tmp_path) -> None:
+    (tmp_path / "jobs_app.py").write_text(APP)
+    config = tmp_path / "work.toml"
+    config.write_text(textwrap.dedent(f'''
+        [server]
+        namespace = "emb"
+        app = "jobs_app:app"
+        python_path = ["{tmp_path}"]
+        concurrency = 1
+        state_dir = "state"
+        [log]
+        format = "json"
+    '''))
+    env = dict(os.environ, EVIDENCE=str(tmp_path / "evidence.log"))
+    process = subprocess.Popen([sys.executable, "-m", "prefork_work.cli", "-c", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        socket_path = tmp_path / "state" / "redis" / "redis.sock"
+        wait_until(socket_path.exists, 15, message="the embedded redis socket")
+        cli = [sys.executable, "-m", "prefork_work.cli", "-c", str(config)]
+        result = subprocess.run([*cli, "enqueue", "record", '{"k": 1}'], capture_output=True,
+                                text=True, timeout=30, env=env)
+        assert result.returncode == 0, result.stderr
+        job_id = result.stdout.strip()
+        wait_until(lambda: any(e["id"] == job_id for e in read_records(tmp_path / "evidence.log")), 15)
+        # the embedded Redis dies: the master restarts it and jobs flow again
+        embedded = next(p for p in psutil.Process(process.pid).children() if "redis" in p.name())
+        embedded.kill()
+        wait_until(lambda: any("redis" in p.name() and p.pid != embedded.pid
+                               for p in psutil.Process(process.pid).children()), 15,
+                   message="a restarted embedded redis")
+        def enqueued_again() -> str | None:
+            again = subprocess.run([*cli, "enqueue", "record", "{}"], capture_output=True,
+                                   text=True, timeout=30, env=env)
+            return again.stdout.strip() if again.returncode == 0 else None
+        second = wait_until(enqueued_again, 15, 0.2, "an enqueue after the restart")
+        wait_until(lambda: any(e["id"] == second for e in read_records(tmp_path / "evidence.log")), 20)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    assert not socket_path.exists()  # the master shut its Redis down
+    assert (tmp_path / "state" / "redis" / "appendonlydir").is_dir()
+
+
+def test_no_job_lost_when_children_are_killed_mid_batch(server, r) -> None:
+    # Batches are fetched ahead: a child killed mid-stream holds up to a batch of unstarted
+    # jobs in its in-progress lists. Every one must still run (at least once).
+    srv = server(concurrency=2).start()
+    originals = srv.children()
+    time.sleep(2.1)  # past the boot grace: these kills are not a crash loop to back off from
+    jobs = Enqueuer(NS, r).enqueue_many([("record", {"i": i}) for i in range(20000)])
+    wait_until(lambda: srv.evidence.exists(), 10, message="the first job")
+    kills_mid_stream = 0
+    for victim in originals:
+        victim.kill()
+        kills_mid_stream += r.llen(K.jobs("record")) > 0
+        time.sleep(0.2)
+    # drained first (cheap to poll), then the evidence read once
+    wait_until(lambda: r.llen(K.jobs("record")) == 0
+               and not list(r.scan_iter(match=K.in_progress_pattern())), 30, 0.05, "a drain")
+    assert {e["id"] for e in read_records(srv.evidence)} >= {j.id for j in jobs}
+    assert r.llen(K.jobs("record")) == 0 and r.zcard(K.dead()) == 0
+    assert kills_mid_stream >= 1  # the first kill, at the first job, hits a busy stream
+
+
+def test_server_rides_out_a_redis_outage(server, r, redis_server) -> None:
+    srv = server().start()
+    children = {c.pid for c in srv.children()}
+    redis_server.kill()
+    time.sleep(2.0)  # the master's loops and the children's fetches all fail meanwhile
+    redis_server.start()
+    client = redis_server.client()
+    job = enqueue(client, "record", {"after": "outage"})
+    wait_until(lambda: any(e["id"] == job.id for e in read_records(srv.evidence)), 20,
+               message="a job run after the outage")
+    assert srv.process.poll() is None  # type: ignore[union-attr]
+    assert {c.pid for c in srv.children()} == children  # nobody crashed over it
+    wait_until(lambda: client.scard(K.worker_pools()) == 2, 10, message="heartbeats again")
+    text = srv.log.read_text()
+    # the children, once each: booting ones wait for Redis instead of dying in a crash loop
+    assert re.search(r"redis unavailable( at start)?; retrying", text)
+    assert "children are failing at start" not in text
+    assert text.count("the master's loops will retry") == 1 and "redis reachable again" in text
+    assert "periodic task failed" not in text  # no traceback per loop per second
+
+
+PERIODIC_APP = textwrap.dedent('''
+    import json, os, time
+    from prefork_work.app import App
+
+    app = App()
+
+    @app.job("tick")
+    def tick(job):
+        with open(os.environ["EVIDENCE"], "a") as handle:
+            handle.write(json.dumps(dict(id=job.id, name=job.name, t=job.t, ran=time.time())) + "\\n")
+
+    app.periodically_enqueue("* * * * * *", "tick")  # every second
+''')
+
+
+def test_periodic_jobs_run_once_per_slot_with_two_servers(server, r, tmp_path) -> None:
+    (tmp_path / "periodic_app.py").write_text(PERIODIC_APP)
+    first = server(app="periodic_app:app", concurrency=1).start()
+    second = Server(tmp_path, first.config.read_text().split('url = "')[1].split('"')[0],
+                    app="periodic_app:app", concurrency=1)
+    second.config = tmp_path / "work2.toml"
+    second.config.write_text(first.config.read_text())
+    second.start()
+    try:
+        wait_until(lambda: len(read_records(first.evidence)) >= 4, 20, 0.1, "four ticks")
+        ticks = read_records(first.evidence)
+        ids = [e["id"] for e in ticks]
+        assert len(ids) == len(set(ids))  # one job per slot, though two masters schedule them
+        assert all(e["ran"] - e["t"] < 5 for e in ticks)  # run on time, not hours late
+    finally:
+        second.stop()

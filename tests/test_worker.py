@@ -1,0 +1,538 @@
+"""gocraft/work's worker_test.go, run_test.go, worker_pool_test.go and priority sampler cases."""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+
+import pytest
+
+from prefork_work.app import App
+from prefork_work.enqueuer import Enqueuer
+from prefork_work.errors import ConfigError, RedisUnavailable
+from prefork_work.job import Job
+from prefork_work.keys import Keys
+from prefork_work.worker import PrioritySampler, Worker
+
+NS = "work"
+K = Keys(NS)
+
+
+def make_worker(r, app: App, **kwargs) -> Worker:
+    kwargs.setdefault("idle_waits", (0.01,))
+    return Worker(app, r, NS, **kwargs)
+
+
+def assert_clean(r, worker: Worker, names) -> None:
+    for name in names:
+        assert r.llen(K.jobs(name)) == 0, name
+        assert r.llen(K.in_progress(name, worker.pool_id)) == 0, name
+        assert int(r.get(K.lock(name)) or 0) == 0, name
+        assert int(r.hget(K.lock_info(name), worker.pool_id) or 0) == 0, name
+    assert r.zcard(K.retry()) == 0
+    assert r.zcard(K.dead()) == 0
+    assert not r.exists(K.worker_observation(worker.worker_id))
+
+
+def test_basics_three_job_types(r) -> None:
+    seen: dict[str, object] = {}
+    app = App()
+    for name in ("job1", "job2", "job3"):
+        app.register(name, lambda job: seen.__setitem__(job.name, job.args))
+    enqueuer = Enqueuer(NS, r)
+    enqueuer.enqueue("job1", {"a": 1})
+    enqueuer.enqueue("job2", {"a": 2})
+    enqueuer.enqueue("job3", {"a": 3})
+    worker = make_worker(r, app)
+    assert worker.drain() == 3
+    assert seen == {"job1": {"a": 1}, "job2": {"a": 2}, "job3": {"a": 3}}
+    assert_clean(r, worker, ["job1", "job2", "job3"])
+
+
+def test_in_progress_state_while_running(r) -> None:
+    observed = {}
+    app = App()
+    worker: Worker
+
+    def wat(job: Job) -> None:
+        observed["queue"] = r.llen(K.jobs("wat"))
+        observed["inprogress"] = r.llen(K.in_progress("wat", worker.pool_id))
+        observed["lock"] = r.get(K.lock("wat"))
+        observed["lock_info"] = r.hget(K.lock_info("wat"), worker.pool_id)
+        observed["observation"] = r.hgetall(K.worker_observation(worker.worker_id))
+
+    app.register("wat", wat)
+    worker = make_worker(r, app)
+    Enqueuer(NS, r).enqueue("wat", {"a": 1})
+    assert worker.run_one()
+    assert observed["queue"] == 0
+    assert observed["inprogress"] == 1
+    assert observed["lock"] == b"1"
+    assert observed["lock_info"] == b"1"
+    obs = observed["observation"]
+    assert obs[b"job_name"] == b"wat"
+    assert obs[b"args"] == b'{"a":1}'
+    assert abs(int(obs[b"started_at"]) - time.time()) < 5
+    assert_clean(r, worker, ["wat"])
+
+
+def test_retry(r) -> None:
+    app = App()
+
+    @app.job("wat", max_fails=3)
+    def wat(job: Job) -> None:
+        raise RuntimeError("sorry kid")
+
+    worker = make_worker(r, app)
+    Enqueuer(NS, r).enqueue("wat", {"a": 1})
+    now = int(time.time())
+    assert worker.run_one()
+    assert r.zcard(K.retry()) == 1 and r.zcard(K.dead()) == 0
+    assert r.llen(K.jobs("wat")) == 0
+    assert r.llen(K.in_progress("wat", worker.pool_id)) == 0
+    assert r.get(K.lock("wat")) == b"0"
+    assert r.hget(K.lock_info("wat"), worker.pool_id) == b"0"
+    member, score = r.zrange(K.retry(), 0, -1, withscores=True)[0]
+    assert now < score <= now + 80 + 2
+    job = Job.from_json(member)
+    assert (job.fails, job.err, job.args) == (1, "sorry kid", {"a": 1})
+    assert abs(job.failed_at - now) <= 2
+
+
+def test_retry_with_custom_backoff_called_once(r) -> None:
+    calls = []
+    app = App()
+
+    def backoff(job: Job) -> int:
+        calls.append(job.fails)
+        return 5
+
+    @app.job("wat", max_fails=3, backoff=backoff)
+    def wat(job: Job) -> None:
+        raise RuntimeError("nope")
+
+    Enqueuer(NS, r).enqueue("wat")
+    now = int(time.time())
+    make_worker(r, app).run_one()
+    (_, score), = r.zrange(K.retry(), 0, -1, withscores=True)
+    assert now < score <= now + 10
+    assert calls == [1]
+
+
+def test_dead_and_skip_dead(r) -> None:
+    app = App()
+
+    @app.job("job1", max_fails=1)
+    def job1(job: Job) -> None:
+        raise RuntimeError("dead job")
+
+    @app.job("job2", max_fails=1, skip_dead=True)
+    def job2(job: Job) -> None:
+        raise RuntimeError("dropped job")
+
+    enqueuer = Enqueuer(NS, r)
+    enqueuer.enqueue("job1")
+    enqueuer.enqueue("job2")
+    worker = make_worker(r, app)
+    worker.drain()
+    dead = r.zrange(K.dead(), 0, -1, withscores=True)
+    assert len(dead) == 1
+    job = Job.from_json(dead[0][0])
+    assert (job.name, job.fails, job.err) == ("job1", 1, "dead job")
+    assert dead[0][1] <= time.time()
+    for name in ("job1", "job2"):
+        assert r.get(K.lock(name)) == b"0"
+        assert r.llen(K.in_progress(name, worker.pool_id)) == 0
+
+
+def test_max_fails_runs_that_many_times(r) -> None:
+    attempts = []
+    app = App()
+
+    @app.job("wat", max_fails=3, backoff=lambda job: -100)
+    def wat(job: Job) -> None:
+        attempts.append(job.fails)
+        raise RuntimeError("again")
+
+    Enqueuer(NS, r).enqueue("wat")
+    worker = make_worker(r, app)
+    for _ in range(3):
+        worker.drain()
+        # what the requeuer does: due retries back to the queue
+        for member in r.zrange(K.retry(), 0, -1):
+            r.zrem(K.retry(), member)
+            r.lpush(K.jobs("wat"), member)
+    assert attempts == [0, 1, 2]
+    assert r.zcard(K.dead()) == 1
+
+
+def test_paused_queue_is_not_fetched(r) -> None:
+    app = App()
+    ran = []
+    app.register("wat", lambda job: ran.append(job.id))
+    Enqueuer(NS, r).enqueue("wat")
+    worker = make_worker(r, app)
+    for value in ("1", "0", ""):  # any value pauses, as in gocraft
+        r.set(K.paused("wat"), value)
+        assert not worker.run_one()
+        assert r.llen(K.jobs("wat")) == 1
+        assert r.llen(K.in_progress("wat", worker.pool_id)) == 0
+    r.delete(K.paused("wat"))
+    assert worker.run_one()
+    assert len(ran) == 1
+    assert_clean(r, worker, ["wat"])
+
+
+def test_max_concurrency_is_never_exceeded(r, redis_server) -> None:
+    app = App()
+    running = [0]
+    peak = [0]
+    lock_peak = [0]
+    guard = threading.Lock()
+
+    def wat(job: Job) -> None:
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        lock_peak[0] = max(lock_peak[0], int(r.get(K.lock("wat")) or 0))
+        time.sleep(0.002)
+        with guard:
+            running[0] -= 1
+
+    app.register("wat", wat, max_concurrency=1)
+    Enqueuer(NS, r).enqueue_many([("wat", {"i": i}) for i in range(40)])
+    workers = [make_worker(redis_server.client(), app) for _ in range(4)]
+    workers[0].announce()
+    assert r.get(K.max_concurrency("wat")) == b"1"
+    threads = [threading.Thread(target=w.drain) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for w in workers:  # a worker that saw the cap may have stopped early
+        w.drain()
+    assert peak[0] == 1
+    assert lock_peak[0] == 1
+    assert r.get(K.lock("wat")) == b"0"
+    assert all(v == b"0" for v in r.hgetall(K.lock_info("wat")).values())
+    assert r.llen(K.jobs("wat")) == 0
+
+
+def test_cap_held_by_another_pool_blocks_fetch(r) -> None:
+    app = App()
+    app.register("wat", lambda job: None, max_concurrency=2)
+    worker = make_worker(r, app)
+    worker.announce()
+    Enqueuer(NS, r).enqueue_many([("wat", None)] * 5)
+    r.set(K.lock("wat"), 2)
+    assert not worker.run_one()
+    r.set(K.lock("wat"), 1)
+    worker.batch_size = 10
+    assert worker._refill()
+    assert len(worker.buffer) == 1  # a batch never takes more than cap - lock
+    worker.close()
+    assert r.llen(K.jobs("wat")) == 5
+
+
+def test_middleware_order_context_and_args(r) -> None:
+    out: list[str] = []
+    app = App()
+
+    def mw1(job: Job, next_):
+        out.append("mw1")
+        job.context.seen = ["mw1"]
+        return next_()
+
+    def mw2(job: Job, next_):
+        out.append("mw2")
+        job.context.seen.append("mw2")
+        job.args["a"] = "changed"
+        return next_()
+
+    app.middleware(mw1)
+    app.middleware(mw2)
+
+    @app.job("wat")
+    def handler(job: Job) -> None:
+        out.append("h:" + job.args["a"] + ":" + ",".join(job.context.seen))
+
+    Enqueuer(NS, r).enqueue("wat", {"a": "foo"})
+    make_worker(r, app).run_one()
+    assert out == ["mw1", "mw2", "h:changed:mw1,mw2"]
+
+
+def test_middleware_can_cut_short_and_errors_fail_the_job(r) -> None:
+    ran = []
+    app = App()
+
+    def stop(job: Job, next_):
+        if job.args["mode"] == "cut":
+            return None
+        raise ValueError("middleware says no")
+
+    app.middleware(stop)
+    app.register("wat", lambda job: ran.append(job.id), max_fails=1)
+    enqueuer = Enqueuer(NS, r)
+    enqueuer.enqueue("wat", {"mode": "cut"})
+    enqueuer.enqueue("wat", {"mode": "fail"})
+    make_worker(r, app).drain()
+    assert ran == []
+    (member,) = r.zrange(K.dead(), 0, -1)
+    assert Job.from_json(member).err == "middleware says no"
+
+
+def test_fresh_context_per_job(r) -> None:
+    contexts = []
+    app = App(context=dict)
+    app.register("wat", lambda job: contexts.append(job.context))
+    Enqueuer(NS, r).enqueue_many([("wat", None)] * 2)
+    make_worker(r, app).drain()
+    assert contexts == [{}, {}] and contexts[0] is not contexts[1]
+
+
+def test_stray_job_goes_dead_and_releases_the_queue_lock(r) -> None:
+    # §10.3: Go increments the lock of the queue and decrements the lock of the job's name
+    app = App()
+    app.register("send_email", lambda job: None)
+    stray = Job(name="other_job", id="abc", t=1, args=None)
+    r.lpush(K.jobs("send_email"), stray.to_json())
+    worker = make_worker(r, app)
+    assert worker.run_one()
+    (member,) = r.zrange(K.dead(), 0, -1)
+    dead = Job.from_json(member)
+    assert (dead.id, dead.err, dead.fails) == ("abc", "stray job: no handler", 1)
+    assert r.get(K.lock("send_email")) == b"0"
+    assert not r.exists(K.lock("other_job"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b'{"name":"wat","id":"x","t":1.5,"args":null}', b'{"name":"wat","args":[1]}'],
+)
+def test_malformed_payload_goes_dead_and_the_loop_goes_on(r, raw: bytes) -> None:
+    app = App()
+    ran = []
+    app.register("wat", lambda job: ran.append(job.id))
+    r.lpush(K.jobs("wat"), raw)
+    Enqueuer(NS, r).enqueue("wat")
+    worker = make_worker(r, app)
+    assert worker.drain() == 2
+    assert len(ran) == 1
+    (member,) = r.zrange(K.dead(), 0, -1)
+    dead = Job.from_json(member)
+    assert dead.name == "wat"
+    assert dead.err.startswith("malformed job")
+    assert dead.args == {"malformed_payload": raw.decode()}
+    assert_clean_locks(r, worker, "wat")
+
+
+def assert_clean_locks(r, worker: Worker, name: str) -> None:
+    assert r.get(K.lock(name)) == b"0"
+    assert r.llen(K.in_progress(name, worker.pool_id)) == 0
+
+
+def test_soft_timeout_fails_the_job(r) -> None:
+    app = App()
+
+    @app.job("slow", timeout=0.2, max_fails=2)
+    def slow(job: Job) -> None:
+        time.sleep(5)
+
+    Enqueuer(NS, r).enqueue("slow")
+    started = time.monotonic()
+    make_worker(r, app).run_one()
+    assert time.monotonic() - started < 3
+    (member,) = r.zrange(K.retry(), 0, -1)
+    assert "soft timeout" in Job.from_json(member).err
+
+
+def test_batches_grow_for_fast_jobs_and_everything_runs_once(r) -> None:
+    counts: collections.Counter[str] = collections.Counter()
+    app = App()
+    app.register("fast", lambda job: counts.update([job.id]))
+    jobs = Enqueuer(NS, r).enqueue_many([("fast", {"i": i}) for i in range(2000)])
+    worker = make_worker(r, app)
+    r.config_resetstat()
+    assert worker.drain() == 2000
+    assert set(counts) == {j.id for j in jobs} and set(counts.values()) == {1}
+    calls = r.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert calls < 200, calls  # batched: far fewer than one round trip per job
+    assert worker.batch_size > 1
+    assert_clean(r, worker, ["fast"])
+
+
+def test_slow_jobs_are_fetched_one_at_a_time(r) -> None:
+    app = App()
+    app.register("slow", lambda job: time.sleep(0.02))
+    Enqueuer(NS, r).enqueue_many([("slow", None)] * 5)
+    worker = make_worker(r, app)
+    worker.batch_size = 8
+    worker.run_one()
+    worker._refill()
+    assert len(worker.buffer) == 1
+    worker.close()
+
+
+def test_close_returns_unstarted_jobs_to_the_front_in_order(r) -> None:
+    app = App()
+    app.register("wat", lambda job: None)
+    jobs = Enqueuer(NS, r).enqueue_many([("wat", {"i": i}) for i in range(10)])
+    Enqueuer(NS, r).enqueue("wat", {"i": "later"})
+    worker = make_worker(r, app)
+    worker.batch_size = 10
+    worker._refill()
+    worker._process_next()
+    worker.close()
+    queued = [Job.from_json(raw).args["i"] for raw in reversed(r.lrange(K.jobs("wat"), 0, -1))]
+    assert queued == list(range(1, 10)) + ["later"]
+    assert jobs[0].id not in {Job.from_json(x).id for x in r.lrange(K.jobs("wat"), 0, -1)}
+    assert_clean_locks(r, worker, "wat")
+
+
+class Stop(BaseException):
+    pass
+
+
+def test_requeue_exception_returns_the_running_job(r) -> None:
+    app = App()
+
+    @app.job("wat")
+    def wat(job: Job) -> None:
+        raise Stop()
+
+    Enqueuer(NS, r).enqueue("wat", {"x": 1})
+    worker = make_worker(r, app, requeue_exceptions=(Stop,))
+    with pytest.raises(Stop):
+        worker.work()
+    assert r.llen(K.jobs("wat")) == 1
+    assert Job.from_json(r.lindex(K.jobs("wat"), 0)).args == {"x": 1}
+    assert r.zcard(K.retry()) == 0 and r.zcard(K.dead()) == 0
+    assert_clean_locks(r, worker, "wat")
+
+
+def test_work_until_and_request_stop(r) -> None:
+    app = App()
+    seen = []
+    app.register("wat", lambda job: seen.append(job.args["i"]))
+    Enqueuer(NS, r).enqueue_many([("wat", {"i": i}) for i in range(5)])
+    worker = make_worker(r, app)
+    worker.work(until=lambda: len(seen) >= 5)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert_clean(r, worker, ["wat"])
+
+
+def test_scripts_survive_script_flush(r) -> None:
+    app = App()
+    app.register("wat", lambda job: None)
+    worker = make_worker(r, app)
+    enqueuer = Enqueuer(NS, r)
+    enqueuer.enqueue("wat")
+    assert worker.run_one()
+    r.script_flush()
+    enqueuer.enqueue_unique("wat", {"u": 1})
+    enqueuer.enqueue("wat")
+    assert worker.drain() == 2
+
+
+def test_recovers_jobs_fetched_by_a_lost_call(r) -> None:
+    app = App()
+    ran = []
+    app.register("wat", lambda job: ran.append(job.id))
+    worker = make_worker(r, app)
+    orphan = Job(name="wat", id="orphan", t=1, args=None).to_json()
+    # as if a fetch had moved it but its reply was lost
+    r.lpush(K.in_progress("wat", worker.pool_id), orphan)
+    r.incr(K.lock("wat"))
+    r.hincrby(K.lock_info("wat"), worker.pool_id, 1)
+    worker.needs_recovery = True
+    assert worker.drain() == 1
+    assert ran == ["orphan"]
+    assert_clean_locks(r, worker, "wat")
+
+
+def test_redis_down_raises_and_loses_nothing(r, redis_server) -> None:
+    app = App()
+    app.register("wat", lambda job: None)
+    client = redis_server.client()
+    worker = make_worker(client, app)
+    Enqueuer(NS, r).enqueue("wat")
+    redis_server.kill()
+    try:
+        with pytest.raises(RedisUnavailable):
+            worker.run_one()
+    finally:
+        redis_server.start()
+    # a fresh server (no persistence in tests): the worker keeps working once it is back
+    Enqueuer(NS, redis_server.client()).enqueue("wat")
+    assert worker.run_one()
+
+
+def test_registration_errors_name_the_job() -> None:
+    app = App()
+    handler = lambda job: None  # noqa: E731
+    for options, text in [
+        ({"priority": 0}, "priority"),
+        ({"priority": 100_001}, "priority"),
+        ({"max_fails": -1}, "max_fails"),
+        ({"max_concurrency": -2}, "max_concurrency"),
+        ({"timeout": 0}, "timeout"),
+        ({"backoff": 5}, "backoff"),
+    ]:
+        with pytest.raises(ConfigError, match=f"'wat'.*{text}"):
+            app.register("wat", handler, **options)
+    with pytest.raises(ConfigError, match="must not contain"):
+        app.register("a:b", handler)
+    with pytest.raises(ConfigError, match="handler must be callable"):
+        app.register("wat", "nope")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'nightly'"):
+        app.periodically_enqueue("61 * * * *", "nightly")
+    assert app.register("wat", handler, max_fails=0).max_fails == 4  # gocraft: 0 -> default
+
+
+def test_priority_sampler_statistics() -> None:
+    sampler = PrioritySampler({"p5": 5, "p2": 2, "p1": 1})
+    first: collections.Counter[str] = collections.Counter()
+    last: collections.Counter[str] = collections.Counter()
+    draws = 2000
+    for _ in range(draws):
+        order = sampler.sample()
+        assert sorted(order) == ["p1", "p2", "p5"]
+        first[order[0]] += 1
+        last[order[-1]] += 1
+    assert first["p5"] > 2 * first["p2"]
+    assert first["p2"] > 1.5 * first["p1"]
+    assert first["p1"] >= draws / 13
+    assert last["p1"] > draws / 2
+
+
+def test_observation_args_match_go(r, vectors) -> None:
+    from prefork_work.worker import observation_args
+
+    cases = json.loads((vectors / "job_json.json").read_text())["args_cases"]
+    checked = 0
+    for case in cases:
+        if case.get("error") or case["observation_args"] is None:
+            continue
+        job = Job.from_json(case["job_bytes"].encode())
+        assert observation_args(job) == case["observation_args"], case["case"]
+        checked += 1
+    assert checked > 10
+
+
+def test_work_with_redis_down_stops_when_asked(r, redis_server) -> None:
+    # gocraft's "Stop with Redis unreachable does not hang"
+    app = App()
+    app.register("wat", lambda job: None)
+    worker = make_worker(redis_server.client(), app)
+    redis_server.kill()
+    try:
+        thread = threading.Thread(target=worker.work)
+        thread.start()
+        time.sleep(0.3)
+        worker.request_stop()
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        redis_server.start()
