@@ -1,0 +1,53 @@
+"""The prefork-work app of the benches: ``noop0..noop{N-1}`` plus ``latency``.
+
+N is ``$BENCH_JOB_NAMES`` (default 5). Every no-op job counts itself done in
+``$BENCH_COUNTER_KEY`` of the bench Redis (``$BENCH_REDIS_URL``) through benches/done.py,
+exactly as the peers' no-op tasks do, so completion is detected the same way for every
+system. ``latency`` records ``time.time()`` when its
+handler starts and RPUSHes (start − args["t"]) to ``bench:latency``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+from benches.done import DoneCounter
+from prefork_work.app import App
+from prefork_work.job import Job
+
+COUNTER = os.environ.get("BENCH_COUNTER_KEY", "bench:done")
+LATENCY_KEY = "bench:latency"
+
+app = App()
+
+_client: tuple[int, redis.Redis] | None = None
+
+
+def client() -> redis.Redis:
+    """One client per process (the module is imported by the master before it forks)."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]))
+    return _client[1]
+
+
+done = DoneCounter(os.environ.get("BENCH_REDIS_URL", ""), COUNTER)
+
+
+def _noop(job: Job) -> None:
+    done()
+
+
+for _i in range(int(os.environ.get("BENCH_JOB_NAMES", "5"))):
+    app.register(f"noop{_i}", _noop)
+
+
+@app.job("latency")
+def latency(job: Job) -> None:
+    started = time.time()
+    sent = job.args["t"] if job.args else started
+    client().rpush(LATENCY_KEY, repr(started - float(sent)))
+    client().incr(COUNTER)

@@ -1,0 +1,40 @@
+"""celery (redis broker, no result backend): no-op tasks that count themselves done (benches/done.py)."""
+
+from __future__ import annotations
+
+import celery
+from celery import Celery
+
+from benches.done import DoneCounter
+from benches.peers._common import COUNTER, NAMES, URL, cli
+
+app = Celery("bench", broker=URL)
+app.conf.update(
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+done = DoneCounter(URL, COUNTER)
+
+
+def _make(name: str):
+    def task() -> None:
+        done()
+
+    task.__name__ = task.__qualname__ = name
+    return app.task(name=name)(task)
+
+
+TASKS = [_make(name) for name in NAMES]
+
+
+def enqueue(n: int, mode: str) -> None:
+    # celery has no batch enqueue: one apply_async per job, on one pooled producer
+    with app.producer_or_acquire() as producer:
+        for i in range(n):
+            TASKS[i % len(TASKS)].apply_async(producer=producer)
+
+
+if __name__ == "__main__":
+    cli(celery.__version__, enqueue)

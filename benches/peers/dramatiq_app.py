@@ -1,0 +1,34 @@
+"""dramatiq (RedisBroker): no-op actors that count themselves done (benches/done.py)."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from benches.done import DoneCounter
+from benches.peers._common import COUNTER, NAMES, URL, cli
+
+broker = RedisBroker(url=URL)
+dramatiq.set_broker(broker)
+
+done = DoneCounter(URL, COUNTER)
+
+
+def _make(name: str):
+    def task() -> None:
+        done()
+
+    task.__name__ = task.__qualname__ = name
+    return dramatiq.actor(task, actor_name=name)
+
+
+ACTORS = [_make(name) for name in NAMES]
+
+
+def enqueue(n: int, mode: str) -> None:
+    for i in range(n):  # dramatiq has no batch enqueue
+        ACTORS[i % len(ACTORS)].send()
+
+
+if __name__ == "__main__":
+    cli(dramatiq.__version__, enqueue)
