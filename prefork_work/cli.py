@@ -107,7 +107,7 @@ def _enqueue(config: Config, name: str, raw_args: str) -> int:
         print("prefork-work: args must be a JSON object", file=sys.stderr)
         return EX_USAGE
     client = redis_from_url(redis_url_for(config), client_name="prefork-work:cli",
-                            socket_timeout=config.redis.socket_timeout)
+                            socket_timeout=config.redis.socket_timeout, cluster=config.redis.cluster)
     try:
         job = Enqueuer(config.server.namespace, client).enqueue(name, job_args)
     except InvalidJobArguments as err:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefork_work.errors import ConfigError
+from prefork_work.keys import has_hash_tag
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def _namespace(value: str) -> str | None:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis", "url", str, "", "Redis URL (redis://, rediss://, unix://); empty: start an embedded redis-server under server.state_dir", _redis_url),
+    Setting("redis", "cluster", bool, False, "true: url names a node of a Redis Cluster (the namespace then needs a {hash tag})"),
     Setting("redis", "socket_timeout", float, 10.0, "seconds any Redis command may take before it counts as a failure", _positive),
     Setting("server", "namespace", str, "work", "key prefix shared with gocraft/work services; use {braces} for Redis Cluster", _namespace),
     Setting("server", "app", str, "prefork_work.examples.hello:app", "the job module's App, as module:attribute", _app_spec),
@@ -85,6 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
 class RedisConfig:
     url: str
     socket_timeout: float
+    cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,20 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
         table = data.get(setting.section, {})
         raw = table[setting.key] if setting.key in table else setting.default
         values[setting.path] = _coerce(setting, raw, where)
+    if values["redis.cluster"]:
+        if not values["redis.url"].startswith(("redis://", "rediss://")):
+            raise ConfigError(
+                f"{where}: redis.cluster: needs a redis:// or rediss:// url naming a cluster node"
+            )
+        if not has_hash_tag(values["server.namespace"]):
+            raise ConfigError(
+                f"{where}: server.namespace: with redis.cluster every key must be in one slot; "
+                f"use a hash tag, e.g. \"{{{values['server.namespace']}}}\""
+            )
     base = base or Path.cwd()
     state_dir = values["server.state_dir"] or os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var"
     return Config(
-        redis=RedisConfig(values["redis.url"], values["redis.socket_timeout"]),
+        redis=RedisConfig(values["redis.url"], values["redis.socket_timeout"], values["redis.cluster"]),
         server=ServerConfig(
             namespace=values["server.namespace"],
             app=values["server.app"],

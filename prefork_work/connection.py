@@ -8,6 +8,11 @@ the store retries only what is idempotent.
 from __future__ import annotations
 
 import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from prefork_work.store.base import redis_errors
 
 DEFAULT_SOCKET_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -20,11 +25,14 @@ def redis_from_url(
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     max_connections: int | None = None,
-) -> redis.Redis:
+    cluster: bool = False,
+) -> redis.Redis | RedisCluster:
     """Build a client for ``redis://``, ``rediss://`` or ``unix://`` URLs (user/password allowed).
 
     ``socket_timeout`` bounds every command; blocking commands issued by the store use
-    timeouts well inside it.
+    timeouts well inside it. ``cluster``: the URL names one node of a Redis Cluster; the
+    client follows MOVED/ASK redirects (Redis refused those commands, so following them is
+    safe) but, as for a single Redis, never repeats a command that may have run.
     """
     kwargs: dict[str, object] = {
         "socket_timeout": socket_timeout,
@@ -36,6 +44,12 @@ def redis_from_url(
     }
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
+    if cluster:
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        kwargs.pop("health_check_interval")  # not a cluster option
+        # a cluster client connects as it is built (to learn the slot map), a plain one lazily
+        with redis_errors():
+            return RedisCluster.from_url(url, **kwargs)
     if url.startswith("unix://"):
         # socket_connect_timeout is a TCP option; redis-py's UnixDomainSocketConnection rejects it.
         kwargs.pop("socket_connect_timeout")

@@ -114,3 +114,11 @@ class Keys:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def has_hash_tag(namespace: str) -> bool:
+    """Redis Cluster hashes only the part between the first "{" and the next "}" when that
+    part is not empty: such a namespace puts every one of its keys in one slot."""
+    start = namespace.find("{")
+    end = namespace.find("}", start + 1)
+    return start >= 0 and end > start + 1

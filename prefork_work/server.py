@@ -33,7 +33,7 @@ from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
-from prefork_work.worker import Worker, default_backoff, observation_args
+from prefork_work.worker import OutageWait, Worker, default_backoff, observation_args
 from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask, Supervisor
 
 log = structlog.get_logger("prefork_work.server")
@@ -161,7 +161,8 @@ class WorkServer:
         self.host = hostname()
         self.keys = Keys(config.server.namespace)
         self.redis = redis_from_url(redis_url, client_name="prefork-work:master",
-                                    socket_timeout=config.redis.socket_timeout)
+                                    socket_timeout=config.redis.socket_timeout,
+                                    cluster=config.redis.cluster)
         self.pools = PoolStore(self.redis, self.keys)
         self.supervisor: Supervisor | None = None
         self.reaped_local = False
@@ -289,30 +290,37 @@ class WorkServer:
     def child_main(self, ctx: ChildContext) -> int:
         record: ChildRecord = ctx.data["record"]
         structlog.contextvars.bind_contextvars(pool_id=record.pool_id)
+        outage = OutageWait(log)
+        worker: Worker | None = None
+        while worker is None:
+            if ctx.stop_requested or not ctx.master_alive():
+                return 0
+            try:
+                worker = self._child_worker(ctx, record)
+            except RedisUnavailable as err:
+                # Redis down while this child boots: wait as a running worker does, rather
+                # than die and send the master into crash-loop backoff over an outage
+                outage.wait(err)
+        ctx.ready()
+        worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
+                    quiet=lambda: ctx.quiet, max_jobs=ctx.max_jobs)
+        return 0
+
+    def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:
+        """This child's worker, its pool's heartbeat written first, so no reaper takes the pool
+        for dead before its first fetch. RedisUnavailable when Redis (or, for a cluster
+        client, which connects as it is built, every node) cannot be reached."""
         client = redis_from_url(self.redis_url, client_name=f"prefork-work:child:{ctx.index}",
-                                socket_timeout=self.config.redis.socket_timeout)
-        worker = Worker(
+                                socket_timeout=self.config.redis.socket_timeout,
+                                cluster=self.config.redis.cluster)
+        Heartbeater(PoolStore(client, self.keys), list, host=self.host).beat_one(
+            self._pool_info(os.getpid(), record), time.time())
+        return Worker(
             self.app, client, self.config.server.namespace,
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
         )
-        # The heartbeat exists before the first fetch, so no reaper takes this pool for dead.
-        heartbeater = Heartbeater(PoolStore(client, self.keys), list, host=self.host)
-        while True:
-            if ctx.stop_requested or not ctx.master_alive():
-                return 0
-            try:
-                heartbeater.beat_one(self._pool_info(os.getpid(), record), time.time())
-                break
-            except RedisUnavailable as err:
-                # Redis down while this child boots: wait as the running worker does, rather
-                # than die and send the master into crash-loop backoff over an outage
-                worker.wait_out_redis(err)
-        ctx.ready()
-        worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
-                    quiet=lambda: ctx.quiet, max_jobs=ctx.max_jobs)
-        return 0
 
     # --- periodic work ----------------------------------------------------------------------------
     def _reap(self, now: float) -> None:

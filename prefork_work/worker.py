@@ -85,6 +85,20 @@ def default_backoff(job: Job) -> int:
     return job.fails**4 + 15 + random.randrange(30) * (job.fails + 1)
 
 
+class OutageWait:
+    """Riding out a Redis outage: a growing sleep per failed attempt, logged once per outage."""
+
+    def __init__(self, logger: Any) -> None:
+        self.log = logger
+        self.failures = 0  # consecutive; whoever reaches Redis again resets it
+
+    def wait(self, err: RedisUnavailable) -> None:
+        if self.failures == 0:  # logged once per outage, not once per attempt
+            self.log.warning("redis unavailable; retrying", error=str(err))
+        time.sleep(REDIS_RETRY_WAITS[min(self.failures, len(REDIS_RETRY_WAITS) - 1)])
+        self.failures += 1
+
+
 class PrioritySampler:
     """A weighted random order of job names, drawn anew before every fetch.
 
@@ -153,7 +167,7 @@ class Worker:
         self.stop_requested = False
         self.jobs_done = 0
         self.needs_recovery = False
-        self.redis_failures = 0
+        self.outage = OutageWait(self.log)
 
     # --- public loop API ----------------------------------------------------------------------
     def announce(self) -> None:
@@ -207,7 +221,7 @@ class Worker:
                     else:
                         self._wait_for_work()
                 except RedisUnavailable as err:
-                    self.wait_out_redis(err)
+                    self.outage.wait(err)
         finally:
             self.close()
 
@@ -251,7 +265,7 @@ class Worker:
             self.needs_recovery = True
             raise
         self.acks = []
-        self.redis_failures = 0
+        self.outage.failures = 0
         if queue is not None:
             self.buffer.extend((queue, raw) for raw in jobs)
         return len(jobs)
@@ -278,14 +292,6 @@ class Worker:
         timeout = self.idle_waits[min(self.idle_count, len(self.idle_waits) - 1)]
         self.idle_count += 1
         self.store.wait_for_work(timeout)
-
-    def wait_out_redis(self, err: RedisUnavailable) -> None:
-        """One step of riding out an outage: a growing sleep, logged once per outage."""
-        wait = REDIS_RETRY_WAITS[min(self.redis_failures, len(REDIS_RETRY_WAITS) - 1)]
-        if self.redis_failures == 0:  # logged once per outage, not once per attempt
-            self.log.warning("redis unavailable; retrying", error=str(err))
-        self.redis_failures += 1
-        time.sleep(wait)
 
     # --- running one job ---------------------------------------------------------------------
     def _process_next(self) -> None:

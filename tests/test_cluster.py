@@ -7,13 +7,14 @@ of nodes), and the clients must work through redis-py's RedisCluster.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import wait_until
+from conftest import read_records, wait_until
 from redis.cluster import RedisCluster
 
 from prefork_work.app import App
@@ -22,9 +23,8 @@ from prefork_work.embedded import find_redis_server
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.errors import ConfigError
 from prefork_work.job import Job
-from prefork_work.keys import Keys
+from prefork_work.keys import Keys, has_hash_tag
 from prefork_work.loops.requeuer import Requeuer
-from prefork_work.store.base import has_hash_tag
 from prefork_work.store.pools import PoolStore
 from prefork_work.worker import Worker
 
@@ -123,3 +123,28 @@ def test_enqueue_work_requeue_and_client_on_a_cluster(rc) -> None:
     assert worker.drain() == 1 and 6 not in ran  # only "bad" ran
     client.unpause("wat")
     assert worker.drain() == 1 and 6 in ran
+
+
+def test_server_runs_on_a_cluster(rc, tmp_path) -> None:
+    from test_server import Server  # the real-process harness of the server tests
+
+    node = rc.get_default_node()
+    srv = Server(tmp_path, f"redis://{node.host}:{node.port}/0", redis_options={"cluster": True},
+                 namespace=NS)
+    try:
+        srv.start()
+        enqueuer = Enqueuer(NS, rc)
+        job = enqueuer.enqueue("record", {"i": 1})
+        wait_until(lambda: [e for e in read_records(srv.evidence) if e["id"] == job.id], 10)
+        # a child SIGKILLed mid-job: the job is reclaimed and runs again to the end
+        slow = enqueuer.enqueue("sleep", {"s": 2})
+        srv.busy_child().kill()
+        wait_until(lambda: [e for e in read_records(srv.evidence)
+                            if e["id"] == slow.id and e.get("phase") == "end"], 15)
+        assert len([e for e in read_records(srv.evidence) if e["id"] == slow.id]) == 3
+        wait_until(lambda: rc.scard(K.worker_pools()) == 2 and rc.get(K.lock("sleep")) == b"0", 10)
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(20) == 0
+        assert rc.scard(K.worker_pools()) == 0  # heartbeats removed on the way out
+    finally:
+        srv.stop()

@@ -45,6 +45,10 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[redis]\nurl = \"http://x\"\n", "redis.url: must start with redis://"),
     ("[log]\nformat = \"xml\"\n", "log.format: must be one of"),
     ("[server]\npython_path = [1]\n", "server.python_path: expected a list of strings"),
+    ("[redis]\ncluster = 1\n", "redis.cluster: expected true or false"),
+    ("[redis]\ncluster = true\n", "redis.cluster: needs a redis:// or rediss:// url"),
+    ('[redis]\ncluster = true\nurl = "unix:///x.sock"\n', "redis.cluster: needs a redis://"),
+    ('[redis]\ncluster = true\nurl = "redis://h:7000"\n', 'server.namespace: with redis.cluster'),
     ("[server\n", "invalid TOML"),
 ])
 def test_bad_config_names_the_file_and_key(tmp_path, text, message) -> None:
@@ -136,9 +140,14 @@ def test_enqueue_any_name_for_another_service(tmp_path, redis_url, r) -> None:
     assert r.llen(Keys("cli").jobs("go_job")) == 1
 
 
-def test_enqueue_with_redis_down_exits_69(tmp_path) -> None:
-    path = write(tmp_path, '[redis]\nurl = "unix:///nonexistent/redis.sock"\n')
-    result = cli("-c", str(path), "enqueue", "hello", "{}")
+@pytest.mark.parametrize("redis_table", [
+    'url = "unix:///nonexistent/redis.sock"',
+    'url = "redis://127.0.0.1:1/0"\ncluster = true',  # a cluster client connects when built
+])
+@pytest.mark.parametrize("command", [["enqueue", "hello", "{}"], []])
+def test_redis_down_exits_69(tmp_path, redis_table, command) -> None:
+    path = write(tmp_path, f'[redis]\n{redis_table}\n[server]\nnamespace = "{{ns}}"\n')
+    result = cli("-c", str(path), *command)
     assert result.returncode == 69 and "redis unavailable" in result.stderr
 
 

@@ -74,14 +74,17 @@ APP = textwrap.dedent('''
 
 
 class Server:
-    def __init__(self, tmp_path: Path, redis_url: str, **server_options: object) -> None:
+    def __init__(self, tmp_path: Path, redis_url: str, redis_options: dict | None = None,
+                 **server_options: object) -> None:
         self.dir = tmp_path
         self.evidence = tmp_path / "evidence.log"
         (tmp_path / "jobs_app.py").write_text(APP)
         options = {"namespace": NS, "app": "jobs_app:app", "python_path": [str(tmp_path)],
                    "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 0.5}
         options.update(server_options)
-        lines = ["[redis]", f'url = "{redis_url}"', "[server]"]
+        lines = ["[redis]", f'url = "{redis_url}"']
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (redis_options or {}).items()]
+        lines += ["[server]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
         lines += ["[log]", 'format = "json"', 'level = "debug"']
         self.config = tmp_path / "work.toml"

@@ -18,9 +18,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException
 
 from prefork_work.errors import ConfigError, RedisUnavailable
-from prefork_work.keys import Keys
+from prefork_work.keys import Keys, has_hash_tag
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -29,7 +30,9 @@ R = TypeVar("R")
 # child of a large host at once, small enough that draining stale tokens costs nothing.
 WAKE_TOKENS_MAX = 64
 
-_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+# RedisClusterException: no node of a cluster reachable; ClusterDownError: slots uncovered
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError,
+                      RedisClusterException, ClusterDownError)
 
 
 @contextmanager
@@ -55,14 +58,6 @@ def translate_errors(fn: Callable[P, R]) -> Callable[P, R]:
 @functools.cache
 def lua_source(name: str) -> str:
     return resources.files("prefork_work").joinpath("lua", f"{name}.lua").read_text("utf-8")
-
-
-def has_hash_tag(namespace: str) -> bool:
-    """Redis Cluster hashes only the part between the first "{" and the next "}" when that
-    part is not empty: such a namespace puts every one of its keys in one slot."""
-    start = namespace.find("{")
-    end = namespace.find("}", start + 1)
-    return start >= 0 and end > start + 1
 
 
 class RedisStore:
