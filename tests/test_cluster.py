@@ -12,8 +12,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import redis
 from conftest import read_records, wait_until
 from redis.cluster import RedisCluster
 
@@ -21,7 +23,7 @@ from prefork_work.app import App
 from prefork_work.client import Client
 from prefork_work.embedded import find_redis_server
 from prefork_work.enqueuer import Enqueuer
-from prefork_work.errors import ConfigError
+from prefork_work.errors import ConfigError, RedisUnavailable
 from prefork_work.job import Job
 from prefork_work.keys import Keys, has_hash_tag
 from prefork_work.loops.requeuer import Requeuer
@@ -48,29 +50,57 @@ def free_port() -> int:
     raise RuntimeError("no free port pair")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[RedisCluster]:
-    directory = tmp_path_factory.mktemp("cluster")
-    port = free_port()
-    process = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-         "--cluster-config-file", str(directory / "nodes.conf"), "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        import redis
+class ClusterNode:
+    """One redis-server in cluster mode holding every slot; it keeps its slots across a restart
+    (nodes.conf), not its data."""
 
-        node = redis.Redis(port=port, socket_timeout=5)
-        wait_until(lambda: _ping(node), 10, message="the cluster node")
-        node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        wait_until(lambda: node.cluster("info")["cluster_state"] == "ok", 15, 0.05, "cluster ok")
-        client = RedisCluster(host="127.0.0.1", port=port, socket_timeout=5)
-        yield client
-        client.close()
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.argv = [
+            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf"),
+            "--save", "", "--appendonly", "no", "--dir", str(directory),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.admin = redis.Redis(port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_until(lambda: _ping(self.admin), 10, message="the cluster node")
+        if not int(self.admin.cluster("info")["cluster_slots_assigned"]):
+            self.admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_until(lambda: self.admin.cluster("info")["cluster_state"] == "ok", 15, 0.05,
+                   "cluster ok")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def cluster_node(tmp_path_factory) -> Iterator[ClusterNode]:
+    node = ClusterNode(tmp_path_factory.mktemp("cluster"))
+    try:
+        node.start()
+        yield node
     finally:
-        process.kill()
-        process.wait(5)
+        node.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_node: ClusterNode) -> Iterator[RedisCluster]:
+    client = RedisCluster(host="127.0.0.1", port=cluster_node.port, socket_timeout=5)
+    yield client
+    client.close()
+
+
+def _enqueue_when_up(enqueuer: Enqueuer, name: str) -> Job | None:
+    try:
+        return enqueuer.enqueue(name, {})
+    except RedisUnavailable:
+        return None
 
 
 def _ping(node) -> bool:
@@ -125,7 +155,7 @@ def test_enqueue_work_requeue_and_client_on_a_cluster(rc) -> None:
     assert worker.drain() == 1 and 6 in ran
 
 
-def test_server_runs_on_a_cluster(rc, tmp_path) -> None:
+def test_server_runs_on_a_cluster_and_rides_out_its_outage(rc, cluster_node, tmp_path) -> None:
     from test_server import Server  # the real-process harness of the server tests
 
     node = rc.get_default_node()
@@ -143,6 +173,14 @@ def test_server_runs_on_a_cluster(rc, tmp_path) -> None:
                             if e["id"] == slow.id and e.get("phase") == "end"], 15)
         assert len([e for e in read_records(srv.evidence) if e["id"] == slow.id]) == 3
         wait_until(lambda: rc.scard(K.worker_pools()) == 2 and rc.get(K.lock("sleep")) == b"0", 10)
+        # the whole cluster down for 2 s: nobody dies, and jobs flow once it is back
+        children = {c.pid for c in srv.children()}
+        cluster_node.kill()
+        time.sleep(2)
+        cluster_node.start()
+        after = wait_until(lambda: _enqueue_when_up(enqueuer, "record"), 15, 0.2, "an enqueue")
+        wait_until(lambda: [e for e in read_records(srv.evidence) if e["id"] == after.id], 15)
+        assert {c.pid for c in srv.children()} == children and srv.process.poll() is None
         srv.signal(signal.SIGTERM)
         assert srv.wait(20) == 0
         assert rc.scard(K.worker_pools()) == 0  # heartbeats removed on the way out
