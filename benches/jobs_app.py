@@ -4,7 +4,8 @@ N is ``$BENCH_JOB_NAMES`` (default 5). Every no-op job counts itself done in
 ``$BENCH_COUNTER_KEY`` of the bench Redis (``$BENCH_REDIS_URL``) through benches/done.py,
 exactly as the peers' no-op tasks do, so completion is detected the same way for every
 system. ``latency`` records ``time.time()`` when its
-handler starts and RPUSHes (start − args["t"]) to ``bench:latency``.
+handler starts and RPUSHes (start − args["t"]) to ``bench:latency``
+(``LATENCY_KEY``, defined once in benches/peers/_common.py for every system).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import time
 import redis
 
 from benches.done import DoneCounter
+from benches.peers._common import LATENCY_KEY
 from prefork_work.app import App
 from prefork_work.job import Job
 
 COUNTER = os.environ.get("BENCH_COUNTER_KEY", "bench:done")
-LATENCY_KEY = "bench:latency"
 
 app = App()
 

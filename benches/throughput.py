@@ -90,13 +90,18 @@ class System:
             return None
         return str(json.loads(out.stdout.strip().splitlines()[-1])["version"])
 
-    def enqueue(self, url: str, n: int, names: int, mode: str = "many") -> float:
-        out = subprocess.run([self.python, "-m", self.module, "enqueue", str(n), mode], cwd=ROOT,
+    def cli(self, url: str, names: int, *args: str,
+            timeout: float = ENQUEUE_TIMEOUT) -> dict[str, Any]:
+        """Run the peer module's CLI (benches/peers/_common.py) and return its JSON line."""
+        out = subprocess.run([self.python, "-m", self.module, *args], cwd=ROOT,
                              env=bench_env(url, names), capture_output=True, text=True,
-                             timeout=ENQUEUE_TIMEOUT, check=False)
+                             timeout=timeout, check=False)
         if out.returncode != 0:
-            raise RuntimeError(f"{self.name} enqueue failed: {out.stderr.strip()[-2000:]}")
-        return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+            raise RuntimeError(f"{self.name} {args[0]} failed: {out.stderr.strip()[-2000:]}")
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def enqueue(self, url: str, n: int, names: int, mode: str = "many") -> float:
+        return float(self.cli(url, names, "enqueue", str(n), mode)["seconds"])
 
     def worker_argvs(self, url: str, children: int) -> list[list[str]]:
         raise NotImplementedError

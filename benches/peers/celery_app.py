@@ -1,12 +1,17 @@
-"""celery (redis broker, no result backend): no-op tasks that count themselves done (benches/done.py)."""
+"""celery (redis broker, no result backend): no-op tasks that count themselves done (benches/done.py).
+
+``latency(t)`` records its pickup latency (benches/latency.py); enqueued with apply_async.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import celery
 from celery import Celery
 
 from benches.done import DoneCounter
-from benches.peers._common import COUNTER, NAMES, URL, cli
+from benches.peers._common import COUNTER, NAMES, URL, cli, record_latency
 
 app = Celery("bench", broker=URL)
 app.conf.update(
@@ -29,6 +34,11 @@ def _make(name: str):
 TASKS = [_make(name) for name in NAMES]
 
 
+@app.task(name="latency")
+def latency(t: float) -> None:
+    record_latency(t)
+
+
 def enqueue(n: int, mode: str) -> None:
     # celery has no batch enqueue: one apply_async per job, on one pooled producer
     with app.producer_or_acquire() as producer:
@@ -36,5 +46,11 @@ def enqueue(n: int, mode: str) -> None:
             TASKS[i % len(TASKS)].apply_async(producer=producer)
 
 
+def enqueue_latency(times: Iterator[float]) -> None:
+    with app.producer_or_acquire() as producer:
+        for t in times:
+            latency.apply_async((t,), producer=producer)
+
+
 if __name__ == "__main__":
-    cli(celery.__version__, enqueue)
+    cli(celery.__version__, enqueue, enqueue_latency)

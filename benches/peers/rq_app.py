@@ -1,12 +1,17 @@
-"""rq: no-op tasks that INCR the bench counter directly (a work horse per job: see benches/done.py); enqueue with Queue.enqueue / enqueue_many."""
+"""rq: no-op tasks that INCR the bench counter directly (a work horse per job: see benches/done.py); enqueue with Queue.enqueue / enqueue_many.
+
+``latency(t)`` records its pickup latency (benches/latency.py); enqueued with Queue.enqueue.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import redis
 import rq
 from rq import Queue
 
-from benches.peers._common import COUNTER, NAMES, URL, cli
+from benches.peers._common import COUNTER, NAMES, URL, cli, record_latency
 
 _conn = redis.Redis.from_url(URL)  # rq forks a work horse per job: the pool is reset on fork
 
@@ -26,6 +31,19 @@ for _name in NAMES:
     globals()[_name] = _make(_name)
 
 
+def latency(t: float) -> None:
+    record_latency(t)
+
+
+latency.__module__ = MODULE
+
+
+def enqueue_latency(times: Iterator[float]) -> None:
+    queue = Queue("default", connection=_conn)
+    for t in times:
+        queue.enqueue(latency, t)
+
+
 def enqueue(n: int, mode: str) -> None:
     queue = Queue("default", connection=_conn)
     funcs = [globals()[name] for name in NAMES]
@@ -41,4 +59,4 @@ def enqueue(n: int, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    cli(rq.__version__, enqueue)
+    cli(rq.__version__, enqueue, enqueue_latency)
