@@ -7,9 +7,11 @@ of nodes), and the clients must work through redis-py's RedisCluster.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,8 +166,14 @@ def test_server_runs_on_a_cluster_and_rides_out_its_outage(rc, cluster_node, tmp
     try:
         srv.start()
         enqueuer = Enqueuer(NS, rc)
-        job = enqueuer.enqueue("record", {"i": 1})
-        wait_until(lambda: [e for e in read_records(srv.evidence) if e["id"] == job.id], 10)
+        # the enqueue command reaches the cluster through the same config
+        command = [sys.executable, "-m", "prefork_work.cli", "-c", str(srv.config), "enqueue",
+                   "record", '{"i": 1}']
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30,
+                              env=dict(os.environ, EVIDENCE=str(srv.evidence)))
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.strip()
+        wait_until(lambda: [e for e in read_records(srv.evidence) if e["id"] == job_id], 10)
         # a child SIGKILLed mid-job: the job is reclaimed and runs again to the end
         slow = enqueuer.enqueue("sleep", {"s": 2})
         srv.busy_child().kill()
