@@ -379,7 +379,9 @@ def test_tstp_quiet_then_cont(server, r) -> None:
 
 def test_process_titles(server, r) -> None:
     srv = server().start()
-    assert "prefork-work master [srv] 2 children" in " ".join(psutil.Process(srv.pid).cmdline())
+    # the master retitles itself on its next tick after the children count changes
+    wait_until(lambda: "prefork-work master [srv] 2 children"
+               in " ".join(psutil.Process(srv.pid).cmdline()), 5, message="the master's title")
     wait_until(lambda: all("prefork-work child" in " ".join(c.cmdline()) for c in srv.children()), 5)
     enqueue(r, "sleep", {"s": 3})
     busy = srv.busy_child()
