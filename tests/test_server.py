@@ -18,6 +18,7 @@ import psutil
 import pytest
 from conftest import read_records, wait_until
 
+from prefork_work.client import Client
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.keys import Keys
@@ -47,6 +48,7 @@ APP = textwrap.dedent('''
     @app.job("sleep")
     def sleep_job(job):
         record(job, phase="start")
+        job.checkin("sleeping")
         time.sleep(job.args["s"])
         record(job, phase="end")
 
@@ -386,6 +388,30 @@ def test_process_titles(server, r) -> None:
     enqueue(r, "sleep", {"s": 3})
     busy = srv.busy_child()
     assert " busy sleep " in " ".join(busy.cmdline())
+
+
+def test_observations_show_running_jobs_to_gocraft_clients(server, r) -> None:
+    # children report through shared memory; the master mirrors it into gocraft's hashes
+    srv = server().start()
+    job = enqueue(r, "sleep", {"s": 3})
+    client = Client(NS, r)
+
+    def busy() -> list:
+        return [o for o in client.worker_observations() if o.is_busy and o.checkin]
+
+    (seen,) = wait_until(busy, 5, 0.05, "a busy observation with its check-in")
+    assert (seen.job_name, seen.job_id, seen.args_json) == ("sleep", job.id, '{"s":3}')
+    assert seen.checkin == "sleeping" and abs(seen.started_at - time.time()) < 5
+    pools = {p.decode() for p in r.smembers(K.worker_pools())}
+    worker_ids = {r.hget(K.heartbeat(p), "worker_ids").decode() for p in pools}
+    assert seen.worker_id in worker_ids  # the observation belongs to a live pool's worker
+    wait_until(lambda: not busy(), 10, 0.1, "the observation cleared after the job")
+    enqueue(r, "sleep", {"s": 30})
+    wait_until(busy, 5, 0.05, "a second busy observation")
+    assert list(r.scan_iter(match=K.worker_observation("*")))
+    srv.signal(signal.SIGTERM)  # shutdown_timeout 5 s: the job is requeued
+    assert srv.wait(20) == 0
+    assert not list(r.scan_iter(match=K.worker_observation("*")))  # nothing left behind
 
 
 def test_sd_notify(server, r, tmp_path) -> None:
