@@ -240,6 +240,7 @@ class WorkServer:
         self.app = reimport_app(config.server.app)
         fixed = [name for name, old, new in (
             ("redis.url", self.config.redis.url, config.redis.url),
+            ("redis.cluster", self.config.redis.cluster, config.redis.cluster),
             ("server.namespace", self.config.server.namespace, config.server.namespace),
             ("server.state_dir", self.config.server.state_dir, config.server.state_dir),
         ) if old != new]

@@ -367,6 +367,20 @@ def test_hup_reloads_job_code(server, r, tmp_path) -> None:
     assert [e["version"] for e in read_records(srv.evidence)] == ["v1", "v2"]
 
 
+def test_hup_keeps_settings_that_need_a_restart(server, r) -> None:
+    srv = server().start()
+    old = {c.pid for c in srv.children()}
+    text = srv.config.read_text().replace('namespace = "srv"', 'namespace = "{other}"')
+    text = re.sub(r'^url = .*$', 'url = "redis://127.0.0.1:1/0"\ncluster = true', text, flags=re.M)
+    srv.config.write_text(text)
+    srv.signal(signal.SIGHUP)
+    wait_until(lambda: not (old & {c.pid for c in srv.children()}) and len(srv.children()) == 2, 20)
+    warning = next(line for line in srv.log.read_text().splitlines() if "need a restart" in line)
+    assert all(key in warning for key in ("redis.url", "redis.cluster", "server.namespace"))
+    enqueue(r, "record")  # the new generation still serves the old namespace, on the old client
+    wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+
+
 def test_tstp_quiet_then_cont(server, r) -> None:
     srv = server().start()
     srv.signal(signal.SIGTSTP)
