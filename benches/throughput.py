@@ -1,7 +1,8 @@
 """Throughput of no-op jobs: gocraft/work's benchmark workload, prefork-work against its peers.
 
     python -m benches.throughput [--jobs 100000] [--names 5] [--children 2] [--runs 3]
-        [--systems prefork-work,rq,celery,dramatiq,huey,arq] [--timeout 120] [--json PATH]
+        [--systems prefork-work,rq,celery,dramatiq,huey,arq,gocraft,gocraft-20] [--timeout 120]
+        [--json PATH]
     python -m benches.throughput --scale      # prefork-work alone: children 1,2,4 x names 1,10,100
 
 Each run, for each system: a fresh private Redis; every job is enqueued first (round robin
@@ -13,6 +14,7 @@ the median is reported. See benches/README.md for what exactly is measured.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +33,7 @@ from typing import Any
 import psutil
 
 from benches.common import (
+    COUNTER_KEY,
     ROOT,
     Completion,
     PrivateRedis,
@@ -43,7 +47,7 @@ from benches.common import (
     write_json,
 )
 
-ALL_SYSTEMS = ["prefork-work", "rq", "celery", "dramatiq", "huey", "arq"]
+ALL_SYSTEMS = ["prefork-work", "rq", "celery", "dramatiq", "huey", "arq", "gocraft", "gocraft-20"]
 # Slow peers run fewer jobs so a whole comparison stays within minutes (said in the note).
 DEFAULT_CAPS = {"rq": 2_000, "celery": 10_000, "huey": 50_000, "dramatiq": 50_000, "arq": 20_000}
 ENQUEUE_TIMEOUT = 600.0
@@ -243,8 +247,134 @@ class Arq(System):
         return f"{children} proc x max_jobs 10"
 
 
+class GoCraft(System):
+    """gocraft/work (Go), driven by benches/peers/gocraft/main.go, built against $BENCH_GOCRAFT_DIR.
+
+    Optional: needs ``go`` on PATH and a copy of gocraft/work's sources in $BENCH_GOCRAFT_DIR
+    (redigo and robfig/cron/v3 from $BENCH_GOCODE_DIR, default Debian's /usr/share/gocode/src).
+    The driver is built once per process; enqueueing uses gocraft's Enqueuer, the pool runs
+    ``goroutines`` worker goroutines (None: as many as --children) in one OS process.
+    """
+
+    name = "gocraft"
+    note = "1 process, work.NewEnqueuer per job"
+    goroutines: int | None = None
+    BUILD_TIMEOUT = 300.0
+    _binary: Path | None = None
+    _build_error = ""
+
+    def __init__(self, python: str) -> None:
+        super().__init__(python)
+        self.unavailable = ""
+        self.jobs = 0
+
+    @staticmethod
+    def source_dir() -> Path | None:
+        raw = os.environ.get("BENCH_GOCRAFT_DIR")
+        if not raw:
+            return None
+        path = Path(raw).expanduser()
+        return path if (path / "worker_pool.go").is_file() else None
+
+    @staticmethod
+    def gocraft_version(src: Path) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True, timeout=10, check=False)
+            if out.returncode == 0 and out.stdout.strip():
+                return f"master@{out.stdout.strip()}"
+        version_file = src / "VERSION"
+        if version_file.is_file():
+            return version_file.read_text().strip().splitlines()[0]
+        return "local copy"
+
+    @classmethod
+    def build(cls, src: Path) -> Path | None:
+        """go build the driver once into a temporary directory (bounded by BUILD_TIMEOUT)."""
+        if cls._binary is not None or cls._build_error:
+            return cls._binary
+        gocode = Path(os.environ.get("BENCH_GOCODE_DIR", "/usr/share/gocode/src"))
+        driver = Path(__file__).resolve().parent / "peers" / "gocraft"
+        build_dir = Path(tempfile.mkdtemp(prefix="bench-gocraft-build-"))
+        atexit_rmtree(build_dir)
+        shutil.copy(driver / "main.go", build_dir / "main.go")
+        replaces = {
+            "github.com/gocraft/work": src.resolve(),
+            "github.com/gomodule/redigo": gocode / "github.com/gomodule/redigo",
+            "github.com/robfig/cron/v3": gocode / "github.com/robfig/cron",
+        }
+        gomod = (driver / "go.mod").read_text()
+        gomod += "\nrequire github.com/robfig/cron/v3 v3.0.1 // indirect\n\n"
+        gomod += "".join(f"replace {mod} => {path}\n" for mod, path in replaces.items())
+        (build_dir / "go.mod").write_text(gomod)
+        env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off", GO111MODULE="on",
+                   GOTOOLCHAIN="local")
+        binary = build_dir / "gocraft-bench"
+        try:
+            out = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=build_dir, env=env,
+                                 capture_output=True, text=True, timeout=cls.BUILD_TIMEOUT,
+                                 check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            cls._build_error = f"go build failed: {err}"
+            return None
+        if out.returncode != 0:
+            cls._build_error = f"go build failed: {out.stderr.strip()[-500:]}"
+            return None
+        cls._binary = binary
+        return binary
+
+    def version(self) -> str | None:
+        src = self.source_dir()
+        if shutil.which("go") is None:
+            self.unavailable = "no `go` on PATH"
+            return None
+        if src is None:
+            self.unavailable = "$BENCH_GOCRAFT_DIR is not set to gocraft/work's sources"
+            return None
+        if self.build(src) is None:
+            self.unavailable = self._build_error
+            return None
+        return self.gocraft_version(src)
+
+    def argv(self, url: str, names: int, mode: str, jobs: int, children: int) -> list[str]:
+        assert self._binary is not None
+        parsed = urllib.parse.urlparse(url)
+        return [str(self._binary), "-mode", mode, "-redis", f"{parsed.hostname}:{parsed.port}",
+                "-namespace", "bench-gocraft", "-jobs", str(jobs),
+                "-names", ",".join(job_names(names)),
+                "-concurrency", str(self.goroutines or children),
+                "-counter-key", COUNTER_KEY, "-version", self.gocraft_version(self.source_dir()
+                                                                               or Path("."))]
+
+    def enqueue(self, url: str, n: int, names: int, mode: str = "many") -> float:
+        self.jobs = n
+        out = subprocess.run(self.argv(url, names, "enqueue", n, 1), cwd=ROOT, capture_output=True,
+                             text=True, timeout=ENQUEUE_TIMEOUT, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"{self.name} enqueue failed: {out.stderr.strip()[-2000:]}")
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["enqueue_seconds"])
+
+    def start(self, url: str, children: int, names: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
+        return [start_group(self.argv(url, names, "work", self.jobs, children),
+                            log=tmp / f"{self.name}.log")]
+
+    def concurrency(self, children: int) -> str:
+        return f"{self.goroutines or children} goroutines"
+
+
+class GoCraft20(GoCraft):
+    """gocraft/work at 20 goroutines, the concurrency of gocraft's own benchmark."""
+
+    name = "gocraft-20"
+    goroutines = 20
+
+
+def atexit_rmtree(path: Path) -> None:
+    atexit.register(shutil.rmtree, path, True)
+
+
 SYSTEM_CLASSES: dict[str, type[System]] = {
-    c.name: c for c in (PreforkWork, Rq, Celery, Dramatiq, Huey, Arq)
+    c.name: c for c in (PreforkWork, Rq, Celery, Dramatiq, Huey, Arq, GoCraft, GoCraft20)
 }
 
 
@@ -332,7 +462,8 @@ def compare(args: argparse.Namespace) -> None:
         system = SYSTEM_CLASSES[name](python_for(name))
         v = system.version()
         if v is None:
-            skipped[name] = f"not installed for {system.python}"
+            skipped[name] = (getattr(system, "unavailable", "")
+                             or f"not installed for {system.python}")
             continue
         versions[name] = v
         systems.append(system)
