@@ -17,7 +17,7 @@ import sys
 import time
 
 from benches.common import PrivateRedis, diff, job_names, print_table, snapshot, write_json
-from benches.throughput import ALL_SYSTEMS, SYSTEM_CLASSES, python_for
+from benches.throughput import PYTHON_SYSTEMS, SYSTEM_CLASSES, python_for
 
 BATCH_FORMS = {"rq": "enqueue_many (pipeline, 1000)", "arq": "200 concurrent enqueue_job"}
 ONE_FORMS = {"rq": "Queue.enqueue", "celery": "apply_async", "dramatiq": "actor.send",
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--many", type=int, default=200_000, help="jobs enqueued with enqueue_many")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--peer-jobs", type=int, default=5_000)
-    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS))
+    parser.add_argument("--systems", default=",".join(PYTHON_SYSTEMS))
     parser.add_argument("--json", help="result file (default benches/bench-results/...)")
     args = parser.parse_args(argv)
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]

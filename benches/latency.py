@@ -42,7 +42,7 @@ from benches.common import (
 )
 from benches.peers._common import LATENCY_KEY, LATENCY_SEED, paced_times
 from benches.throughput import (
-    ALL_SYSTEMS,
+    PYTHON_SYSTEMS,
     SYSTEM_CLASSES,
     System,
     prefork_work_server,
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measurement")
     parser.add_argument("--min-gap", type=float, default=0.005)
     parser.add_argument("--max-gap", type=float, default=0.020)
-    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS))
+    parser.add_argument("--systems", default=",".join(PYTHON_SYSTEMS))
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds each wait may take (warm-up, draining; enqueueing: "
                              "this plus twice the longest pacing)")

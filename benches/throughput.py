@@ -47,7 +47,9 @@ from benches.common import (
     write_json,
 )
 
-ALL_SYSTEMS = ["prefork-work", "rq", "celery", "dramatiq", "huey", "arq", "gocraft", "gocraft-20"]
+# the Python systems; their peer apps (benches/peers/*_app.py) also have latency and enqueue modes
+PYTHON_SYSTEMS = ["prefork-work", "rq", "celery", "dramatiq", "huey", "arq"]
+ALL_SYSTEMS = [*PYTHON_SYSTEMS, "gocraft", "gocraft-20"]
 # Slow peers run fewer jobs so a whole comparison stays within minutes (said in the note).
 DEFAULT_CAPS = {"rq": 2_000, "celery": 10_000, "huey": 50_000, "dramatiq": 50_000, "arq": 20_000}
 ENQUEUE_TIMEOUT = 600.0
