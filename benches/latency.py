@@ -21,7 +21,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,10 +42,9 @@ from benches.common import (
 from benches.peers._common import LATENCY_KEY, LATENCY_SEED, paced_times
 from benches.throughput import (
     PYTHON_SYSTEMS,
-    SYSTEM_CLASSES,
     System,
     prefork_work_server,
-    python_for,
+    resolve_systems,
 )
 
 NAMES = 5  # job names of the apps (noop0..noop4 + latency), as in benches/throughput.py
@@ -197,21 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="result file (default benches/bench-results/...)")
     args = parser.parse_args(argv)
 
-    wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in SYSTEM_CLASSES]
-    if unknown:
-        sys.exit(f"unknown systems: {unknown}; known: {list(SYSTEM_CLASSES)}")
-    systems: list[System] = []
-    versions: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    for name in wanted:
-        system = SYSTEM_CLASSES[name](python_for(name))
-        v = system.version()
-        if v is None:
-            skipped[name] = f"not installed for {system.python}"
-            continue
-        versions[name] = v
-        systems.append(system)
+    systems, versions, skipped = resolve_systems(args.systems)
     print(f"latency: {args.samples} samples (peers {args.peer_samples}), {args.children} children, "
           f"gaps {args.min_gap * 1000:g}–{args.max_gap * 1000:g} ms, idle {args.idle:g} s; "
           f"systems: {', '.join(versions)}"

@@ -452,8 +452,11 @@ def summarize(results: list[RunResult], system: str) -> dict[str, Any]:
     }
 
 
-def compare(args: argparse.Namespace) -> None:
-    wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
+def resolve_systems(
+    systems_flag: str,
+) -> tuple[list[System], dict[str, str], dict[str, str]]:
+    """The --systems flag as (installed systems, their versions, skipped ones with the reason)."""
+    wanted = [s.strip() for s in systems_flag.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SYSTEM_CLASSES]
     if unknown:
         sys.exit(f"unknown systems: {unknown}; known: {list(SYSTEM_CLASSES)}")
@@ -469,6 +472,11 @@ def compare(args: argparse.Namespace) -> None:
             continue
         versions[name] = v
         systems.append(system)
+    return systems, versions, skipped
+
+
+def compare(args: argparse.Namespace) -> None:
+    systems, versions, skipped = resolve_systems(args.systems)
     caps = {} if args.no_caps else DEFAULT_CAPS
     jobs = {s.name: min(args.jobs, caps.get(s.name, args.jobs)) for s in systems}
     print(f"throughput: {args.jobs:,} jobs, {args.names} names, {args.children} children, "
