@@ -287,7 +287,7 @@ def _parse_range(expr: str, bounds: _Bounds) -> int:
 
 
 def _descriptor(spec: str, zone: dt.tzinfo) -> Schedule:
-    sec, minute, hour, dom, month, dow = (b for _, b in _FIELDS)
+    _, minute, hour, dom, month, dow = (b for _, b in _FIELDS)
     if spec in ("@yearly", "@annually"):
         return SpecSchedule(1, 1, 1, 1 << 1, 1 << 1, _all(dow), zone)
     if spec == "@monthly":

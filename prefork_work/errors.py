@@ -11,10 +11,6 @@ class ConfigError(PreforkWorkError):
     """The configuration (file, key or value) is invalid; the message names the key."""
 
 
-class UnknownJobName(PreforkWorkError):
-    """A job name was used that no registered job type has."""
-
-
 class InvalidJobArguments(PreforkWorkError, ValueError):
     """A job name or its arguments cannot be enqueued (bad name, not JSON-serializable)."""
 

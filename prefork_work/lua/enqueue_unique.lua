@@ -7,6 +7,8 @@
 -- ARGV[2] = value stored under the unique key: "1" (args-based) or the job JSON (by-key)
 -- ARGV[3] = run-at epoch seconds for the "in" variant; absent for the plain variant
 --
+-- Unique keys live 24 h (86400 s, gocraft's TTL), set here only.
+--
 -- Returns "ok" when the job was enqueued, "dup" when the key already existed (its value is
 -- then overwritten and its TTL restarted, as gocraft does; the queued entry is unchanged).
 

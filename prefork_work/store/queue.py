@@ -12,7 +12,6 @@ from typing import Literal
 
 from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, redis_errors, translate_errors
 
-UNIQUE_TTL_SECONDS = 86400
 OBSERVATION_TTL_SECONDS = 86400
 
 Outcome = Literal["s", "r", "d", "x", "q"]
