@@ -298,6 +298,9 @@ def test_verification_off_connects_with_a_warning(tmp_path, pki, tls_redis) -> N
     client.close()
     good = load_config(write_config(tmp_path, f"rediss://localhost:{tls_redis}/0", **good_keys(pki)))
     assert config_warnings(good) == []
+    no_hostname = load_config(write_config(
+        tmp_path, f"rediss://localhost:{tls_redis}/0?ssl_check_hostname=false", **good_keys(pki)))
+    assert "ssl_check_hostname is off" in config_warnings(no_hostname)[0]
 
 
 def test_tls_keys_are_checked_at_load(tmp_path, pki) -> None:
