@@ -75,12 +75,12 @@ def _namespace(value: str) -> str | None:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis", "url", str, "", "Redis URL (redis://, rediss://, unix://); percent-encode / ? # @ in a user name or password (%2F %3F %23 %40); empty: start an embedded redis-server under server.state_dir", url_problem, _show_url),
+    Setting("redis", "cluster", bool, False, "true: url names a node of a Redis Cluster (the namespace then needs a {hash tag})"),
+    Setting("redis", "socket_timeout", float, 10.0, "seconds any Redis command may take before it counts as a failure", _positive),
     Setting("redis", "password_file", str, "", "file holding the Redis password (one line), instead of one in url; relative: to $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when set, else to this file"),
     Setting("redis", "tls_ca_file", str, "", "rediss://: PEM file of the CA(s) that sign the server's certificate; empty: the system's CAs (relative paths as for password_file)"),
     Setting("redis", "tls_cert_file", str, "", "rediss://: PEM client certificate, for servers that ask for one (tls-auth-clients)"),
     Setting("redis", "tls_key_file", str, "", "rediss://: PEM private key of tls_cert_file (empty: the key is in tls_cert_file)"),
-    Setting("redis", "cluster", bool, False, "true: url names a node of a Redis Cluster (the namespace then needs a {hash tag})"),
-    Setting("redis", "socket_timeout", float, 10.0, "seconds any Redis command may take before it counts as a failure", _positive),
     Setting("server", "namespace", str, "work", "key prefix shared with gocraft/work services; use {braces} for Redis Cluster", _namespace),
     Setting("server", "app", str, "prefork_work.examples.hello:app", "the job module's App, as module:attribute", _app_spec),
     Setting("server", "python_path", list, [], "directories put in front of sys.path before importing the app (relative to this file)"),
@@ -226,12 +226,14 @@ def _secret_path(value: str, base: Path) -> Path:
 
 
 def _read_secret_file(path: Path, where: str, key: str, limit: int = PASSWORD_FILE_MAX) -> bytes:
+    """Up to ``limit`` bytes of the file; ConfigError naming ``key`` if it cannot be read or
+    holds more (a TLS file is only probed: limit 0 reads one byte, any size is fine)."""
     try:
         with path.open("rb") as file:
             data = file.read(limit + 1)
     except OSError as err:
         raise ConfigError(f"{where}: {key}: cannot read {path}: {err.strerror or err}") from None
-    if len(data) > limit:
+    if limit and len(data) > limit:
         raise ConfigError(f"{where}: {key}: {path} is larger than {limit // 1024} KiB; "
                           "it should hold the password alone")
     return data
@@ -272,17 +274,18 @@ def _redis_files(values: dict[str, Any], where: str, base: Path) -> dict[str, An
         if url_option in options:
             raise ConfigError(f"{where}: {key}: redis.url sets {url_option} too; keep one of them")
         path = _secret_path(values[key], base)
-        _read_secret_file(path, where, key)
+        _read_secret_file(path, where, key, limit=0)
         found[name] = str(path)
     if values["redis.tls_key_file"] and not values["redis.tls_cert_file"]:
         raise ConfigError(f"{where}: redis.tls_key_file: needs redis.tls_cert_file (the certificate it signs for)")
-    _load_tls_files(found, where)
+    _load_tls_files(found, options.get("ssl_password"), where)
     return found
 
 
-def _load_tls_files(found: dict[str, Any], where: str) -> None:
+def _load_tls_files(found: dict[str, Any], key_password: str | None, where: str) -> None:
     # Load them as the connection will, so a file that is not PEM, or a key that does not
-    # match its certificate, fails --check rather than every connection.
+    # match its certificate, fails --check rather than every connection. An encrypted key
+    # without ?ssl_password= must fail here, not make OpenSSL prompt on the terminal.
     context = ssl.create_default_context()
     try:
         if "tls_ca_file" in found:
@@ -290,7 +293,8 @@ def _load_tls_files(found: dict[str, Any], where: str) -> None:
             context.load_verify_locations(cafile=found["tls_ca_file"])
         if "tls_cert_file" in found:
             key = "redis.tls_cert_file"
-            context.load_cert_chain(found["tls_cert_file"], found.get("tls_key_file"))
+            context.load_cert_chain(found["tls_cert_file"], found.get("tls_key_file"),
+                                    password=lambda: (key_password or "").encode())
     except (ssl.SSLError, OSError, ValueError) as err:
         raise ConfigError(f"{where}: {key}: not a usable PEM file: {getattr(err, 'reason', None) or err}") from None
 

@@ -319,6 +319,21 @@ def test_tls_keys_are_checked_at_load(tmp_path, pki) -> None:
     with pytest.raises(Exception, match="redis.tls_ca_file: redis.url sets ssl_ca_certs too"):
         load_config(write_config(tmp_path, f"rediss://localhost:6390/0?ssl_ca_certs={pki.ca}",
                                  tls_ca_file=str(pki.ca)))
+    # a CA bundle is no password: any size is fine
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(pki.wrong_ca.read_text() + "# padding\n" * 10_000 + pki.ca.read_text())
+    assert bundle.stat().st_size > 64 * 1024
+    load_config(write_config(tmp_path, "rediss://localhost:6390/0", tls_ca_file=str(bundle)))
+    # an encrypted key: a clear error, never OpenSSL prompting on the terminal
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"kpw")))
+    keys = {"tls_cert_file": str(pki.client_cert), "tls_key_file": str(encrypted)}
+    with pytest.raises(Exception, match="redis.tls_cert_file: not a usable PEM file"):
+        load_config(write_config(tmp_path, "rediss://localhost:6390/0", **keys))
+    load_config(write_config(tmp_path, "rediss://localhost:6390/0?ssl_password=kpw", **keys))
     # relative paths resolve next to the config file
     config = load_config(write_config(tmp_path, "rediss://localhost:6390/0",
                                       tls_ca_file=os.path.relpath(pki.ca, tmp_path)))
