@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from prefork_work import __version__
 from prefork_work.config import Config, load_config
 from prefork_work.errors import ConfigError, InvalidJobArguments, RedisUnavailable
+from prefork_work.safepath import prepare_imports
 from supervisor.exitcodes import EX_CONFIG, EX_UNAVAILABLE
 
 EX_USAGE = 2
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     try:
         config = load_config(args.config)
-        _prepare_imports(config)
+        prepare_imports(config.server.python_path)
         from prefork_work.server import load_app
 
         app = load_app(config.server.app)
@@ -56,10 +56,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prefork-work: unknown job name {args.name!r} (the app registers: {known}; "
                       "--any-name enqueues it anyway)", file=sys.stderr)
                 return EX_USAGE
-            return _enqueue(config, args.name, args.args)
-        if args.check:
+        if args.check:  # before any subcommand runs: --check enqueue validates, enqueues nothing
+            if args.command == "enqueue" and _job_args(args.args) is None:
+                return EX_USAGE
+            redis_line = _check_redis(config)
             print(f"config ok: {len(app.job_types)} job types, {len(app.periodic_jobs)} periodic")
+            print(redis_line)
+            if args.command:
+                print(f"{args.command} not run (--check)")
             return 0
+        if args.command == "enqueue":
+            return _enqueue(config, args.name, args.args)
         from prefork_work.logging import configure_logging
         from prefork_work.server import run
 
@@ -73,38 +80,47 @@ def main(argv: list[str] | None = None) -> int:
         return EX_UNAVAILABLE
 
 
-def _prepare_imports(config: Config) -> None:
-    # Like gunicorn: the working directory and configured paths come first, so the job
-    # module is found the way the operator expects.
-    for path in reversed([os.getcwd(), *config.server.python_path]):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+def _check_redis(config: Config) -> str:
+    """--check's view of the Redis the server would use: the embedded one's binary (refused if
+    too old) and a state dir it could create and write, all without starting anything."""
+    if config.redis.url:
+        return "redis: [redis] url"
+    from prefork_work.embedded import check_state_dir, find_redis_server, inspect_server
+
+    binary = inspect_server(find_redis_server())
+    check_state_dir(Path(config.server.state_dir))
+    return f"embedded redis: {binary}, state dir {config.server.state_dir}"
 
 
 def redis_url_for(config: Config) -> str:
-    """The configured URL, or the embedded server's socket under state_dir."""
+    """The configured URL, or the socket of the embedded Redis a running server started for
+    this config file (found even when the server's state dir came from systemd's
+    $STATE_DIRECTORY, which this shell does not have)."""
     if config.redis.url:
         return config.redis.url
-    socket_path = Path(config.server.state_dir) / "redis" / "redis.sock"
-    if not socket_path.exists():
-        raise RedisUnavailable(
-            f"no [redis] url configured and the embedded Redis is not running ({socket_path} "
-            "does not exist): start the server with this config first"
-        )
-    return f"unix://{socket_path}"
+    from prefork_work.embedded import running_url
+
+    return running_url(config.server.state_dir, config.path)
+
+
+def _job_args(raw_args: str) -> dict | None:
+    try:
+        job_args = json.loads(raw_args)
+    except ValueError as err:
+        print(f"prefork-work: args must be a JSON object: {err}", file=sys.stderr)
+        return None
+    if not isinstance(job_args, dict):
+        print("prefork-work: args must be a JSON object", file=sys.stderr)
+        return None
+    return job_args
 
 
 def _enqueue(config: Config, name: str, raw_args: str) -> int:
     from prefork_work.connection import redis_from_url
     from prefork_work.enqueuer import Enqueuer
 
-    try:
-        job_args = json.loads(raw_args)
-    except ValueError as err:
-        print(f"prefork-work: args must be a JSON object: {err}", file=sys.stderr)
-        return EX_USAGE
-    if not isinstance(job_args, dict):
-        print("prefork-work: args must be a JSON object", file=sys.stderr)
+    job_args = _job_args(raw_args)
+    if job_args is None:
         return EX_USAGE
     client = redis_from_url(redis_url_for(config), client_name="prefork-work:cli",
                             socket_timeout=config.redis.socket_timeout, cluster=config.redis.cluster)
