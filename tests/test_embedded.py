@@ -252,3 +252,26 @@ def test_config_error_for_an_unusable_binary(tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="does not look like redis-server"):
         inspect_server(find_redis_server())
 
+
+
+def test_record_in_systemds_runtime_directory_is_found_without_it(tmp_path, monkeypatch) -> None:
+    """The unit's RuntimeDirectory=prefork-work is /run/prefork-work: the server writes its
+    record there ($RUNTIME_DIRECTORY), an admin's shell (no such variable) reads it there."""
+    from prefork_work.embedded import running_url
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    monkeypatch.setattr(embedded, "RECORD_DIR", run)
+    config = tmp_path / "etc" / "work.toml"
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
+    server = EmbeddedRedis.for_state_dir(tmp_path / "lib", config_path=config)
+    server.start()
+    try:
+        assert server.record == record_path(config, run) and server.record.exists()
+        monkeypatch.delenv("RUNTIME_DIRECTORY")
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        assert running_url(tmp_path / "etc" / "var", config) == server.url
+        assert running_url(tmp_path / "lib", None) == server.url  # no record: the state dir
+    finally:
+        server.stop()
+    assert not record_path(config, run).exists()
