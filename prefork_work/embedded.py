@@ -339,9 +339,16 @@ class EmbeddedRedis:
         finally:
             os.close(lock_fd)  # redis-server holds it now; our children must not
         self._wait_ready(timeout)
-        verify_socket(self.socket_path, self.process.pid, os.geteuid())
+        self.verify()
         if self.config_path is not None and self.state_dir is not None:
             self._write_record()
+
+    def verify(self) -> None:
+        """Refuse (ConfigError) a socket our redis-server does not serve; RedisUnavailable
+        if it is not running."""
+        if self.process is None:
+            raise RedisUnavailable("the embedded redis-server is not started")
+        verify_socket(self.socket_path, self.process.pid, os.geteuid())
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None

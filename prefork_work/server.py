@@ -309,6 +309,8 @@ class WorkServer:
         """This child's worker, its pool's heartbeat written first, so no reaper takes the pool
         for dead before its first fetch. RedisUnavailable when Redis (or, for a cluster
         client, which connects as it is built, every node) cannot be reached."""
+        if self.embedded is not None:  # the socket is still served by our redis-server
+            self.embedded.verify()
         client = redis_from_url(self.redis_url, client_name=f"prefork-work:child:{ctx.index}",
                                 socket_timeout=self.config.redis.socket_timeout,
                                 cluster=self.config.redis.cluster)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,3 +245,44 @@ def test_python_path_that_does_not_exist_is_refused(area) -> None:
     result = run_cli("-c", str(config), "--check")
     assert result.returncode == 78
     assert f"server.python_path: {area / 'nope'} does not exist" in result.stderr
+
+
+def test_a_child_refuses_a_socket_swapped_under_the_server(area) -> None:
+    """A replacement child checks the socket before it connects: a Redis that took over
+    redis.sock (here root plays the attacker) gets no worker connection."""
+    import psutil
+
+    config = config_for(area, area / "state")
+    redis_dir = area / "state" / "redis"
+    master = subprocess.Popen([str(BIN / "prefork-work"), "-c", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    impostor = None
+    try:
+        wait_until((redis_dir / "redis.sock").exists, 20, message="the embedded redis")
+        client = redis_from_url(f"unix://{redis_dir / 'redis.sock'}")
+        wait_until(lambda: client.exists("work:worker_pools"), 20, message="the server running")
+        client.close()
+        children = [p for p in psutil.Process(master.pid).children() if "redis" not in p.name()]
+        (redis_dir / "redis.sock").unlink()
+        for child in children:  # dead before the impostor listens: any child it sees is new
+            child.kill()
+            child.wait(10)
+        impostor = subprocess.Popen(
+            [find_redis_server(), "--port", "0", "--unixsocket", str(redis_dir / "redis.sock"),
+             "--dir", str(area), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until((redis_dir / "redis.sock").exists, 10, message="the impostor's socket")
+        wait_until(lambda: [p for p in psutil.Process(master.pid).children()
+                            if "redis" not in p.name() and p not in children], 10,
+                   message="a replacement child")
+        time.sleep(1.0)  # give a replacement child the time to connect, if it were going to
+        spy = redis_from_url(f"unix://{redis_dir / 'redis.sock'}")
+        names = [c.get("name", "") for c in spy.client_list()]
+        spy.close()
+        assert not [n for n in names if "child" in n], names
+    finally:
+        master.kill()
+        master.wait(10)
+        if impostor is not None:
+            impostor.kill()
+            impostor.wait(10)
