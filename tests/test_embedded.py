@@ -155,11 +155,13 @@ def test_embedded_redis_dies_with_its_sigkilled_master(tmp_path) -> None:
         assert client.llen("kill:jobs:other_service") == 50
         client.close()
         assert len(redis_servers_on(redis_dir)) == 1
+        wait_until(lambda: redis_from_url(f"unix://{redis_dir / 'redis.sock'}").exists(
+            "kill:worker_pools"), 20, message="the server running")  # its TERM handler is set
     finally:
         master.terminate()
         master.wait(20)
         _kill_group(master.pid)
-    assert redis_servers_on(redis_dir) == []
+    wait_until(lambda: redis_servers_on(redis_dir) == [], 10, message="the redis-server to exit")
 
 
 def _kill_group(pgid: int) -> None:
@@ -203,12 +205,15 @@ def test_cli_finds_the_embedded_redis_of_a_server_under_systemd(tmp_path) -> Non
     try:
         wait_until(lambda: (state / "redis" / "redis.sock").exists() and record.exists(), 20,
                    message="the embedded redis and its record")
-        # an admin's shell: no $STATE_DIRECTORY, run from another directory
-        result = run_cli("-c", str(config), "enqueue", "hello", '{"name": "admin"}',
+        client = redis_from_url(f"unix://{state / 'redis' / 'redis.sock'}")
+        wait_until(lambda: client.exists("sysd:worker_pools"), 20, message="the server running")
+        # an admin's shell: no $STATE_DIRECTORY, run from another directory; a job for
+        # another service, so that it stays in its queue for us to see
+        result = run_cli("-c", str(config), "enqueue", "--any-name", "other", '{"k": 1}',
                          env=base_env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        client = redis_from_url(f"unix://{state / 'redis' / 'redis.sock'}")
-        wait_until(lambda: client.exists("sysd:jobs:hello") or client.keys("sysd:*"), 10)
+        queued = json.loads(client.lindex("sysd:jobs:other", 0))
+        assert queued["id"] == result.stdout.strip() and queued["args"] == {"k": 1}
         client.close()
         assert not (etc / "var").exists()  # it did not look for (or make) a Redis next to the config
     finally:
