@@ -35,10 +35,26 @@ def _owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _private_group(st: os.stat_result) -> bool:
+    """The file's group is its owner's own (user private groups, umask 002 on Debian and
+    Ubuntu): no other member can use its write bit. Debian's OpenSSH makes the same exception."""
+    try:
+        import grp
+        import pwd
+
+        owner = pwd.getpwuid(st.st_uid)
+        group = grp.getgrgid(st.st_gid)
+    except (KeyError, ImportError):
+        return False
+    if group.gr_mem:
+        return group.gr_mem == [owner.pw_name]
+    return owner.pw_gid == group.gr_gid
+
+
 def _problem(st: os.stat_result, trusted: frozenset[int], *, allow_sticky: bool) -> str | None:
     if st.st_uid not in trusted:
         return f"is owned by {_owner_name(st.st_uid)}, not by the user running prefork-work or root"
-    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    writable = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and not _private_group(st))
     if writable and not (allow_sticky and st.st_mode & stat.S_ISVTX and stat.S_ISDIR(st.st_mode)):
         who = "others" if st.st_mode & stat.S_IWOTH else "its group"
         return f"is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it"

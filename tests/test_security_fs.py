@@ -154,6 +154,7 @@ def test_a_state_dir_the_user_cannot_create_is_a_config_error(area) -> None:
     both say so (ConfigError: exit 78). In a forked child that drops to nobody, because the
     test venv's interpreter may live where nobody cannot read it."""
     expected = f"server.state_dir: cannot create {area / 'state'}: permission denied"
+    (area / "root-made").mkdir(mode=0o755)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
         code = 1
@@ -171,6 +172,12 @@ def test_a_state_dir_the_user_cannot_create_is_a_config_error(area) -> None:
                     code = 3
                 except ConfigError as err:
                     code = 0 if "server.state_dir: cannot create" in str(err) else 4
+            if code == 0:  # it exists (root made it) but nobody cannot write to it
+                try:
+                    check_state_dir(area / "root-made")
+                    code = 5
+                except ConfigError as err:
+                    code = 0 if f"cannot write to {area / 'root-made'}" in str(err) else 6
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -286,3 +293,15 @@ def test_a_child_refuses_a_socket_swapped_under_the_server(area) -> None:
         if impostor is not None:
             impostor.kill()
             impostor.wait(10)
+
+
+def test_group_write_is_refused_unless_the_group_is_the_owners_own(area) -> None:
+    """umask 002 with user private groups (Debian, Ubuntu) makes directories 0775: fine while
+    the group is the owner's alone, refused when it is shared."""
+    state = area / "state"
+    state.mkdir(mode=0o700)
+    state.chmod(0o770)  # root:root, root's own group
+    check_state_dir(state)
+    os.chown(state, 0, 65534)  # nogroup: not root's own group
+    with pytest.raises(ConfigError, match=re.escape(f"{state} is writable by its group (mode 0770)")):
+        check_state_dir(state)
