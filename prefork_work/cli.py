@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                       "--any-name enqueues it anyway)", file=sys.stderr)
                 return EX_USAGE
         if args.check:  # before any subcommand runs: --check enqueue validates, enqueues nothing
-            if args.command == "enqueue" and _job_args(args.args) is None:
+            if args.command == "enqueue" and not _valid_job_args(args.args):
                 return EX_USAGE
             redis_line = _check_redis(config)
             print(f"config ok: {len(app.job_types)} job types, {len(app.periodic_jobs)} periodic")
@@ -92,6 +92,19 @@ def _check_redis(config: Config) -> str:
     return f"embedded redis: {binary}, state dir {config.server.state_dir}"
 
 
+def _valid_job_args(raw_args: str) -> bool:
+    """For --check enqueue: the arguments _enqueue would accept ("-": read when it runs)."""
+    if raw_args == "-":
+        return True
+    try:
+        valid = isinstance(json.loads(raw_args), dict)
+    except (ValueError, RecursionError):
+        valid = False
+    if not valid:
+        print("prefork-work: args must be a JSON object", file=sys.stderr)
+    return valid
+
+
 def redis_url_for(config: Config) -> str:
     """The configured URL, or the socket of the embedded Redis a running server started for
     this config file (found even when the server's state dir came from systemd's
@@ -103,24 +116,17 @@ def redis_url_for(config: Config) -> str:
     return running_url(config.server.state_dir, config.path)
 
 
-def _job_args(raw_args: str) -> dict | None:
-    try:
-        job_args = json.loads(raw_args)
-    except ValueError as err:
-        print(f"prefork-work: args must be a JSON object: {err}", file=sys.stderr)
-        return None
-    if not isinstance(job_args, dict):
-        print("prefork-work: args must be a JSON object", file=sys.stderr)
-        return None
-    return job_args
-
-
 def _enqueue(config: Config, name: str, raw_args: str) -> int:
     from prefork_work.connection import redis_from_url
     from prefork_work.enqueuer import Enqueuer
 
-    job_args = _job_args(raw_args)
-    if job_args is None:
+    try:
+        job_args = json.loads(raw_args)
+    except ValueError as err:
+        print(f"prefork-work: args must be a JSON object: {err}", file=sys.stderr)
+        return EX_USAGE
+    if not isinstance(job_args, dict):
+        print("prefork-work: args must be a JSON object", file=sys.stderr)
         return EX_USAGE
     client = redis_from_url(redis_url_for(config), client_name="prefork-work:cli",
                             socket_timeout=config.redis.socket_timeout, cluster=config.redis.cluster)
