@@ -212,8 +212,8 @@ def check_state_dir(state_dir: Path) -> None:
     written, and what exists of it passes the checks a start makes."""
     check_creatable(state_dir, KEY)
     for directory in (state_dir, state_dir / "redis"):
-        if directory.exists():
-            check_path(directory, KEY)
+        if os.path.lexists(directory):
+            check_path(directory, KEY, symlink_ok=directory == state_dir)
     check_entries(state_dir / "redis", KEY)
 
 
@@ -284,7 +284,7 @@ class EmbeddedRedis:
         for directory in filter(None, (self.state_dir, self.directory)):
             check_creatable(directory, KEY)  # the parents, before anything is made in them
             _make_private_dir(directory)
-            check_path(directory, KEY)
+            check_path(directory, KEY, symlink_ok=directory != self.directory)
         # ours alone even if an older version made it 0755: the AOF holds job arguments
         if stat.S_IMODE(os.stat(self.directory).st_mode) & 0o077 \
                 and os.stat(self.directory).st_uid == os.geteuid():
@@ -489,7 +489,7 @@ def running_url(state_dir: str | Path, config_path: Path | None) -> str:
         # root may talk to the Redis of a server another user runs (a job sent there runs as
         # that user, who could have swapped the socket anyway): trust that user's directories
         owners = _leaf_owners(directory)
-        check_path(directory, KEY, trusted=owners)
+        check_path(directory, KEY, trusted=owners, symlink_ok=False)
         owner = os.stat(directory).st_uid
         check_entries(directory, KEY, trusted=trusted_uids() | {owner})
         try:

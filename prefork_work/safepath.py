@@ -62,13 +62,18 @@ def _problem(st: os.stat_result, trusted: frozenset[int], *, allow_sticky: bool)
 
 
 def check_path(path: Path, key: str, *, trusted: frozenset[int] | None = None,
-               trusted_leaf: frozenset[int] | None = None) -> None:
+               trusted_leaf: frozenset[int] | None = None, symlink_ok: bool = True) -> None:
     """Refuse ``path`` (which must exist) if it or a directory above it is unsafe.
 
     ``trusted_leaf`` widens the owners accepted for ``path`` itself (the CLI run by root
     accepts a state dir owned by the service user); ancestors always need ``trusted``.
+    ``symlink_ok=False``: ``path`` itself may not be a symlink (whoever planted it chose
+    where we write; the configured state dir may be one, its ``redis/`` folder may not).
     """
     trusted = trusted or trusted_uids()
+    if not symlink_ok and os.path.islink(path):
+        raise ConfigError(f"{key}: {path} is a symlink (to {os.readlink(path)}); "
+                          "nothing in the state directory may be a symlink: remove it")
     real = Path(os.path.realpath(path))
     try:
         st = os.stat(real)

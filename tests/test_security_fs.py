@@ -111,6 +111,14 @@ def test_parent_of_the_state_dir_others_can_write_to_is_refused(area) -> None:
                        f"{area / 'shared'} (a parent of {area / 'shared' / 'state'}) is writable")
 
 
+def test_a_redis_folder_that_is_a_symlink_is_refused(area) -> None:
+    (area / "state").mkdir(mode=0o700)
+    (area / "elsewhere").mkdir(mode=0o700)  # root's, safe in itself: the link decides where
+    (area / "state" / "redis").symlink_to(area / "elsewhere")
+    refused_in_process(area / "state", f"{area / 'state' / 'redis'} is a symlink")
+    assert list((area / "elsewhere").iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["redis.pid", "redis.log", "redis.sock", "appendonlydir"])
 def test_symlinks_in_the_state_dir_are_refused(area, name) -> None:
     # planted while the directory was open to all, then the directory was tightened: the
