@@ -401,6 +401,7 @@ class EmbeddedRedis:
         except (OSError, ConfigError):
             return
         self.record = path
+        _prune_records(directory)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -435,6 +436,21 @@ class EmbeddedRedis:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
+
+
+def _prune_records(directory: Path) -> None:
+    """Remove records our user left for masters that are gone (SIGKILLed: no clean stop)."""
+    for path in directory.glob("embedded-*.json"):
+        try:
+            if path.lstat().st_uid != os.geteuid():
+                continue
+            pid = json.loads(path.read_text()).get("master_pid")
+            if isinstance(pid, int) and pid > 0:
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 # --- finding a running one (the CLI) -------------------------------------------------------------

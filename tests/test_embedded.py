@@ -280,3 +280,21 @@ def test_record_in_systemds_runtime_directory_is_found_without_it(tmp_path, monk
     finally:
         server.stop()
     assert not record_path(config, run).exists()
+
+
+def test_records_of_killed_masters_are_pruned(tmp_path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    stale = record_path(tmp_path / "old.toml", run)
+    stale.write_text(json.dumps({"config": "old.toml", "master_pid": dead.pid}))
+    live = record_path(tmp_path / "live.toml", run)
+    live.write_text(json.dumps({"config": "live.toml", "master_pid": os.getpid()}))
+    server = EmbeddedRedis.for_state_dir(tmp_path / "lib", config_path=tmp_path / "work.toml")
+    server.start()
+    try:
+        assert not stale.exists() and live.exists() and server.record and server.record.exists()
+    finally:
+        server.stop()
