@@ -36,7 +36,10 @@ HANDLED = [
     signal.SIGTTOU, signal.SIGTSTP, signal.SIGCONT, signal.SIGCHLD,
 ]
 FAST_STOP_GRACE = 2.0
-BOOT_GRACE = 2.0  # a child dying sooner than this after start counts as a crash loop
+# A ready child that dies this soon after it was ready, running no job, failed at start as
+# surely as one that never got ready (nothing to blame but its own code or environment);
+# a child alive this long after ready proves the children boot again.
+BOOT_GRACE = 2.0
 MAX_BACKOFF = 60.0
 HOUSEKEEPING = 0.25
 
@@ -72,6 +75,7 @@ class Child:
     started_mono: float = 0.0
     state: str = "booting"  # booting, running, retiring (replace when a successor is ready), stopping
     ready: bool = False
+    ready_mono: float = 0.0
     kill_cause: str | None = None
     max_jobs: int | None = None
     fatal: str | None = None
@@ -280,6 +284,7 @@ class Supervisor:
         event = message.get("event")
         if event == "ready":
             child.ready = True
+            child.ready_mono = time.monotonic()  # the crash loop ends once one stays up
             self._check_newborn_memory(child)
             if child.state == "booting":
                 child.state = "running"
@@ -331,7 +336,9 @@ class Supervisor:
         self._close_pipe(child)
         self.children.remove(child)
         self.free_slots.append(child.slot_number)
-        lifetime = time.monotonic() - child.started_mono
+        now = time.monotonic()
+        lifetime = now - child.started_mono
+        busy = child.slot.read().busy  # before the slot is reused; child_exited reads it too
         expected = child.state in ("retiring", "stopping") or self.stopping is not None
         log_fn = log.info if expected and (info.clean or info.cause) else log.warning
         log_fn("child exited", index=child.index, pid=child.pid, cause=info.cause or info.describe(),
@@ -342,10 +349,16 @@ class Supervisor:
             log.exception("child_exited failed", pid=child.pid)
         if expected:
             return
-        if not child.ready or lifetime < BOOT_GRACE:
-            self._backoff(child.fatal or f"child exited with {info.describe()} {lifetime:.1f}s after start")
-        else:
-            self.failures = 0
+        # Only a child that fails at start is a crash loop to back off from. A child that
+        # dies running a job (the job's segfault, os._exit, OOM kill, a SIGKILL) is replaced
+        # at once: the job's crash is counted (child_exited) and max_crashes ends it, while
+        # backing off would leave every queue without a worker over one bad job.
+        if not child.ready:
+            self._backoff(child.fatal or f"child exited with {info.describe()} {lifetime:.1f}s "
+                          "after start, before it was ready")
+        elif not busy and now - child.ready_mono < BOOT_GRACE:
+            self._backoff(f"child exited with {info.describe()} {now - child.ready_mono:.1f}s "
+                          "after it was ready, running no job")
 
     def _backoff(self, reason: str) -> None:
         self.failures += 1
@@ -355,6 +368,14 @@ class Supervisor:
         log.error("children are failing at start; backing off", failures=self.failures,
                   retry_in=delay, reason=reason)
         self.notifier.notify(f"STATUS=crash loop ({self.failures} failures): {reason}"[:400])
+
+    def _end_crash_loop(self, now: float) -> None:
+        """Children boot and stay up again: clear the backoff, the title and STATUS."""
+        if self.failures and any(c.ready and now - c.ready_mono >= BOOT_GRACE for c in self._current()):
+            log.info("children are healthy again; crash loop over", failures=self.failures)
+            self.failures = 0
+            self.crash_reason = None
+            self.next_spawn_at = 0.0
 
     def _current(self) -> list[Child]:
         return [c for c in self.children if c.state in ("booting", "running")]
@@ -462,6 +483,7 @@ class Supervisor:
                 left = self.stop_deadline - now
                 self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int((left + 10) * 1e6)}")
         else:
+            self._end_crash_loop(now)
             self._ensure_children()
         self._enforce_timeouts(now)
         self._recycle(now)

@@ -77,10 +77,10 @@ APP = textwrap.dedent('''
 
 class Server:
     def __init__(self, tmp_path: Path, redis_url: str, redis_options: dict | None = None,
-                 **server_options: object) -> None:
+                 app_source: str = APP, **server_options: object) -> None:
         self.dir = tmp_path
         self.evidence = tmp_path / "evidence.log"
-        (tmp_path / "jobs_app.py").write_text(APP)
+        (tmp_path / "jobs_app.py").write_text(app_source)
         options = {"namespace": NS, "app": "jobs_app:app", "python_path": [str(tmp_path)],
                    "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 0.5}
         options.update(server_options)

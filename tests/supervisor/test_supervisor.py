@@ -130,6 +130,25 @@ def test_crash_loop_backs_off_instead_of_forking_a_storm(toy) -> None:
     assert instance.stop() == 0
 
 
+def test_a_child_dying_in_a_job_is_replaced_at_once(toy) -> None:
+    # the job's fault, not a boot failure: no backoff, whatever the child's age
+    instance = toy(concurrency=2, die_in_job=True)
+    wait_until(lambda: len(instance.events("child_exited")) >= 12, 5, 0.05, "a dozen replaced children")
+    assert all(e["busy"] and e["describe"] == "exit code 1" for e in instance.events("child_exited"))
+    assert "backing off" not in instance.log.read_text()
+    assert instance.stop() == 0
+
+
+def test_a_ready_child_dying_with_no_job_backs_off(toy) -> None:
+    # ready, then dead at once running nothing: its own code fails, as at boot
+    instance = toy(concurrency=2, die_after_ready=True)
+    wait_until(lambda: "failures=3" in instance.log.read_text(), 6, 0.05, "a third backoff")
+    # both first children die, then one at a time, 2 s later: not replaced at once
+    assert len(instance.events("child_exited")) == 3
+    assert "after it was ready, running no job" in instance.log.read_text()
+    assert instance.stop() == 0
+
+
 def test_graceful_stop_waits_for_running_jobs(toy) -> None:
     instance = toy(concurrency=2, job_seconds=1.0)
     wait_until(lambda: len(instance.events("start")) >= 2, 10)
