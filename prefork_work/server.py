@@ -39,6 +39,9 @@ from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask,
 log = structlog.get_logger("prefork_work.server")
 
 OBSERVATION_INTERVAL = 1.0  # gocraft's observer flushes once a second
+# Children stop fetching once their master has been silent this long: its heartbeats (every
+# 5 s) stop with it, and a Go reaper takes a pool whose heartbeat is 10 s old for dead.
+MASTER_SILENCE = 3.0
 EMBEDDED_CHECK_INTERVAL = 1.0
 
 
@@ -122,6 +125,30 @@ class ScoreboardObserver:
 
     def checkin(self, job: Job, message: str) -> None:
         self.ctx.slot.note(self.raw + b"\0" + message.encode("utf-8", "replace"))
+
+
+class MasterWatch:
+    """The worker's ``quiet`` test in a child: quiet on TSTP, and while the master is frozen.
+
+    Called before every fetch, so it is one read of shared memory. A quiet worker fetches
+    nothing and gives its unstarted prefetched jobs back to their queues."""
+
+    def __init__(self, ctx: ChildContext, limit: float) -> None:
+        self.ctx = ctx
+        self.limit = limit
+
+    def __call__(self) -> bool:
+        ctx = self.ctx
+        silent = ctx.master_silence()
+        if silent > self.limit:
+            if not ctx.master_unresponsive:
+                ctx.master_unresponsive = True
+                log.warning("master unresponsive; not fetching", master_pid=ctx.master_pid,
+                            silent_for=round(silent, 1))
+        elif ctx.master_unresponsive:
+            ctx.master_unresponsive = False
+            log.info("master responsive again; fetching", master_pid=ctx.master_pid)
+        return ctx.quiet or ctx.master_unresponsive
 
 
 class RedisOutage:
@@ -304,7 +331,7 @@ class WorkServer:
                 outage.wait(err)
         ctx.ready()
         worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
-                    quiet=lambda: ctx.quiet, max_jobs=ctx.max_jobs)
+                    quiet=MasterWatch(ctx, MASTER_SILENCE), max_jobs=ctx.max_jobs)
         return 0
 
     def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:

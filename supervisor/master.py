@@ -155,6 +155,7 @@ class Supervisor:
 
     def _setup(self) -> None:
         self.scoreboard = Scoreboard(MAX_SLOTS)
+        self.scoreboard.liveness.stamp()
         self.free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for signum in HANDLED:
@@ -170,8 +171,9 @@ class Supervisor:
         log.info("master started", pid=self.pid, concurrency=self.target)
 
     def _loop_once(self) -> None:
-        assert self.selector is not None
+        assert self.selector is not None and self.scoreboard is not None
         now = time.monotonic()
+        self.scoreboard.liveness.stamp(now)  # children stop fetching when this goes stale
         timeout = HOUSEKEEPING
         if self.timers:
             timeout = max(0.0, min(timeout, self.timers[0][0] - now))
@@ -202,6 +204,8 @@ class Supervisor:
                 task.fn(time.time())
             except Exception:  # one failing tick must not stop the master
                 log.exception("periodic task failed", task=task.name)
+            if self.scoreboard is not None:  # a few slow tasks in a row are not a frozen master
+                self.scoreboard.liveness.stamp()
             # after a stall, skip missed runs rather than bursting
             heapq.heappush(self.timers, (max(now, time.monotonic()) + task.interval, order, task))
 
@@ -241,7 +245,7 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:  # the child
                 ctx = ChildContext(index, self.generation, child.slot, child.data, write_fd,
-                                   self.pid, self.title, child.max_jobs)
+                                   self.pid, self.title, child.max_jobs, self.scoreboard.liveness)
                 siblings = [c.pipe_fd for c in self.children if c.pipe_fd >= 0]
                 run_child(ctx, self.app.child_main, HANDLED,
                           [read_fd, self.wake_r, self.wake_w, *siblings])

@@ -18,10 +18,14 @@ import psutil
 import pytest
 from conftest import read_records, wait_until
 
+from prefork_work.app import App
 from prefork_work.client import Client
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.keys import Keys
+from prefork_work.server import MASTER_SILENCE, MasterWatch
+from prefork_work.worker import Worker
+from supervisor import ChildContext, Scoreboard
 
 NS = "srv"
 K = Keys(NS)
@@ -391,6 +395,55 @@ def test_tstp_quiet_then_cont(server, r) -> None:
     assert psutil.Process(srv.pid).status() != psutil.STATUS_STOPPED
     srv.signal(signal.SIGCONT)
     wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+
+
+def test_children_stop_fetching_while_the_master_is_frozen(server, r) -> None:
+    # a stopped master writes no heartbeats: a reaper elsewhere would requeue anything its
+    # children took meanwhile, so they take nothing until it is back
+    srv = server().start()
+    first = enqueue(r, "record")
+    wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+    srv.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: srv.log.read_text().count("master unresponsive; not fetching") == 2, 10,
+                   0.05, "both children noticing")
+        jobs = [enqueue(r, "record", {"i": i}) for i in range(5)]
+        watch_until = time.monotonic() + 1.5  # longer than an idle child's 1 s wait
+        while time.monotonic() < watch_until:
+            assert r.llen(K.jobs("record")) == 5, "a child fetched while its master was stopped"
+            time.sleep(0.05)
+        wait_until(lambda: all("waiting for an unresponsive master" in " ".join(c.cmdline())
+                               for c in srv.children()), 3, 0.05, "the children's titles")
+    finally:
+        srv.signal(signal.SIGCONT)
+    wait_until(lambda: len(read_records(srv.evidence)) == 6, 10, message="the jobs after SIGCONT")
+    runs = [e["id"] for e in read_records(srv.evidence)]
+    assert sorted(runs) == sorted([first.id] + [j.id for j in jobs])  # each once
+    assert srv.log.read_text().count("master responsive again; fetching") == 2
+
+
+def test_a_child_gives_back_its_prefetched_jobs_when_the_master_freezes(r) -> None:
+    # in process: the server's quiet test (MasterWatch) over a real Worker and Redis
+    board = Scoreboard(1)
+    board.liveness.stamp()
+    ctx = ChildContext(0, 0, board.slot(0), {}, -1, os.getpid(), "test", liveness=board.liveness)
+    app = App()
+    ran: list[str] = []
+
+    @app.job("record")
+    def record(job: Job) -> None:
+        ran.append(job.id)
+        board.liveness.stamp(time.monotonic() - 10)  # the master froze while this job ran
+
+    jobs = [enqueue(r, "record", {"i": i}) for i in range(5)]
+    worker = Worker(app, r, NS)
+    worker.batch_size = 5  # a batch fetched while jobs were fast
+    worker.work(until=lambda: (ctx.master_unresponsive and not worker.buffer) or len(ran) == 5,
+                quiet=MasterWatch(ctx, MASTER_SILENCE))
+    assert ran == [jobs[0].id]
+    assert [Job.from_json(raw).id for raw in reversed(r.lrange(K.jobs("record"), 0, -1))] == \
+        [j.id for j in jobs[1:]]  # back at the front of the queue, in their order
+    assert not list(r.scan_iter(match=K.in_progress_pattern()))
 
 
 def test_process_titles(server, r) -> None:

@@ -149,6 +149,18 @@ def test_a_ready_child_dying_with_no_job_backs_off(toy) -> None:
     assert instance.stop() == 0
 
 
+def test_scoreboard_liveness_measures_the_masters_silence() -> None:
+    board = Scoreboard(2)
+    assert board.liveness.silence() == 0.0  # never stamped: no master to wait for
+    board.liveness.stamp(time.monotonic() - 5)
+    assert 5 <= board.liveness.silence() < 6
+    board.liveness.stamp()
+    assert board.liveness.silence() < 1
+    board.slot(1).reset()
+    board.slot(1).begin("x" * 300, None, b"y" * 9000)  # a full slot does not reach the stamp
+    assert board.liveness.silence() < 1
+
+
 def test_graceful_stop_waits_for_running_jobs(toy) -> None:
     instance = toy(concurrency=2, job_seconds=1.0)
     wait_until(lambda: len(instance.events("start")) >= 2, 10)
