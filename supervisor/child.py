@@ -63,6 +63,8 @@ class ChildContext:
         self.in_job = False
         self.is_ready = False
         self.liveness = liveness
+        self.current_label = ""  # the job inside job(), for whoever logs an interruption
+        self.interrupted_label = ""  # the job a fast stop (INT/QUIT) interrupted
         self.master_unresponsive = False  # set by the child's main while it waits (title)
 
     def master_alive(self) -> bool:
@@ -90,11 +92,13 @@ class ChildContext:
     def job(self, label: str, deadline: float | None = None, extra: bytes = b"") -> Iterator[None]:
         """Mark the slot busy; while inside, INT/QUIT and the hard-timeout signal raise here."""
         self.slot.begin(label, deadline, extra)
+        self.current_label = label
         self.in_job = True
         try:
             yield
         finally:
             self.in_job = False
+            self.current_label = ""
             self.slot.end()
 
     # --- signal handlers (the child's own) --------------------------------------------------
@@ -104,6 +108,7 @@ class ChildContext:
     def _on_interrupt(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
         if self.in_job:
+            self.interrupted_label = self.current_label
             raise Interrupted()
 
     def _on_hard_timeout(self, signum: int, frame: Any) -> None:

@@ -457,6 +457,7 @@ class Supervisor:
 
     def shrink(self) -> None:
         if self.target <= 1:
+            log.info("not below one child", target=self.target)
             return
         self.target -= 1
         current = self._current()

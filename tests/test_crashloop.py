@@ -4,7 +4,6 @@ ready is a boot failure the master backs off from."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import textwrap
@@ -15,6 +14,7 @@ from pathlib import Path
 import psutil
 from conftest import read_records, wait_until
 from test_server import APP, K, Server, enqueue, server  # noqa: F401  (server: the fixture)
+from test_server import log_events as events
 
 from prefork_work.job import Job
 
@@ -70,18 +70,6 @@ def title(pid: int) -> str:
         return " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
         return ""
-
-
-def events(srv: Server, name: str) -> list[dict]:
-    found = []
-    for line in srv.log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == name:
-            found.append(record)
-    return found
 
 
 def test_jobs_that_kill_their_child_do_not_starve_the_server(server, r) -> None:  # noqa: F811
