@@ -471,6 +471,7 @@ def test_a_child_gives_back_its_prefetched_jobs_when_the_master_freezes(r) -> No
     def record(job: Job) -> None:
         ran.append(job.id)
         board.liveness.stamp(time.monotonic() - 10)  # the master froze while this job ran
+        time.sleep(MasterWatch.CHECK_EVERY)  # past the watch's next look at the stamp
 
     jobs = [enqueue(r, "record", {"i": i}) for i in range(5)]
     worker = Worker(app, r, NS)
