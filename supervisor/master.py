@@ -118,6 +118,7 @@ class Supervisor:
         self.failures = 0
         self.next_spawn_at = 0.0
         self.crash_reason: str | None = None
+        self.last_failure = 0.0  # monotonic time of the last start failure
         self.announced_ready = False
         self.reloading = False
         self.quiet = False
@@ -366,6 +367,7 @@ class Supervisor:
 
     def _backoff(self, reason: str) -> None:
         self.failures += 1
+        self.last_failure = time.monotonic()
         delay = min(MAX_BACKOFF, 2.0 ** (self.failures - 1))
         self.next_spawn_at = time.monotonic() + delay
         self.crash_reason = reason
@@ -374,8 +376,14 @@ class Supervisor:
         self.notifier.notify(f"STATUS=crash loop ({self.failures} failures): {reason}"[:400])
 
     def _end_crash_loop(self, now: float) -> None:
-        """Children boot and stay up again: clear the backoff, the title and STATUS."""
-        if self.failures and any(c.ready and now - c.ready_mono >= BOOT_GRACE for c in self._current()):
+        """Children boot and stay up again: clear the backoff, the title and STATUS.
+
+        Only a child forked after the last failure proves it: an old healthy child says
+        nothing about a sibling that keeps failing at boot, which must go on backing off."""
+        if self.failures and any(
+            c.ready and c.started_mono > self.last_failure and now - c.ready_mono >= BOOT_GRACE
+            for c in self._current()
+        ):
             log.info("children are healthy again; crash loop over", failures=self.failures)
             self.failures = 0
             self.crash_reason = None

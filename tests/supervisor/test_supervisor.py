@@ -161,6 +161,15 @@ def test_scoreboard_liveness_measures_the_masters_silence() -> None:
     assert board.liveness.silence() < 1
 
 
+def test_a_healthy_sibling_does_not_end_a_childs_crash_loop(toy) -> None:
+    # child 0 runs fine for ever; child 1 fails at boot every time: it still backs off
+    instance = toy(concurrency=2, fail_boot_index=[1])
+    wait_until(lambda: "failures=3" in instance.log.read_text(), 8, 0.05, "a third backoff")
+    assert len(instance.events("child_exited")) == 3  # 1 s, then 2 s: not respawned at once
+    assert len(instance.events("ready")) == 1
+    assert instance.stop() == 0
+
+
 def test_graceful_stop_waits_for_running_jobs(toy) -> None:
     instance = toy(concurrency=2, job_seconds=1.0)
     wait_until(lambda: len(instance.events("start")) >= 2, 10)

@@ -28,7 +28,7 @@ class ToyApp:
         child.data["version"] = self.version
 
     def child_main(self, ctx: ChildContext) -> int:
-        if self.options.get("fail_boot"):
+        if self.options.get("fail_boot") or ctx.index in self.options.get("fail_boot_index", ()):
             raise RuntimeError("cannot import my_jobs: boom")
         allocate = self.options.get("allocate_mb", 0)
         ballast = bytearray(allocate * 1024 * 1024) if allocate else b""  # big from birth
