@@ -107,7 +107,7 @@ def test_jobs_that_kill_their_child_do_not_starve_the_server(server, r) -> None:
 
 def test_a_sigkill_storm_on_busy_children_leaves_children_running(server, r) -> None:  # noqa: F811
     srv = server(max_crashes=50).start()
-    jobs = [enqueue(r, "sleep", {"s": 1.0}) for _ in range(10)]
+    jobs = [enqueue(r, "sleep", {"s": 0.5}) for _ in range(8)]
     watch = ChildWatch(srv)
     watch.start()
     killed: set[int] = set()
@@ -124,7 +124,7 @@ def test_a_sigkill_storm_on_busy_children_leaves_children_running(server, r) -> 
         return None
 
     try:
-        for _ in range(8):
+        for _ in range(6):
             victim: psutil.Process = wait_until(running_victim, 5, 0.01, "a busy child")  # type: ignore[assignment]
             killed.add(victim.pid)
             victim.kill()
