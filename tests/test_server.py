@@ -440,9 +440,14 @@ def test_children_stop_fetching_while_the_master_is_frozen(server, r) -> None:
     srv = server().start()
     first = enqueue(r, "record")
     wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+    offset = srv.log.stat().st_size
+
+    def children_saying(event: str) -> set[str]:
+        return {e["pool_id"] for e in log_events(srv, event, offset)}
+
     srv.signal(signal.SIGSTOP)
     try:
-        wait_until(lambda: srv.log.read_text().count("master unresponsive; not fetching") == 2, 10,
+        wait_until(lambda: len(children_saying("master unresponsive; not fetching")) == 2, 10,
                    0.05, "both children noticing")
         jobs = [enqueue(r, "record", {"i": i}) for i in range(5)]
         watch_until = time.monotonic() + 1.5  # longer than an idle child's 1 s wait
@@ -450,13 +455,14 @@ def test_children_stop_fetching_while_the_master_is_frozen(server, r) -> None:
             assert r.llen(K.jobs("record")) == 5, "a child fetched while its master was stopped"
             time.sleep(0.05)
         wait_until(lambda: all("waiting for an unresponsive master" in " ".join(c.cmdline())
-                               for c in srv.children()), 3, 0.05, "the children's titles")
+                               for c in srv.children()), 5, 0.05, "the children's titles")
     finally:
         srv.signal(signal.SIGCONT)
     wait_until(lambda: len(read_records(srv.evidence)) == 6, 10, message="the jobs after SIGCONT")
     runs = [e["id"] for e in read_records(srv.evidence)]
     assert sorted(runs) == sorted([first.id] + [j.id for j in jobs])  # each once
-    assert srv.log.read_text().count("master responsive again; fetching") == 2
+    wait_until(lambda: len(children_saying("master responsive again; fetching")) == 2, 5, 0.05,
+               "both children resuming")
 
 
 def test_a_child_gives_back_its_prefetched_jobs_when_the_master_freezes(r) -> None:
