@@ -321,6 +321,7 @@ class WorkServer:
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
+            max_payload_bytes=self.config.server.max_payload_bytes,
         )
 
     # --- periodic work ----------------------------------------------------------------------------
