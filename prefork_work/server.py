@@ -294,7 +294,7 @@ class WorkServer:
         Stops (shutdown timeout, interrupt) are no job's fault: reclaim_pool requeues them
         all. At a hard timeout the late jobs fail and the others are requeued uncounted. Any
         other death cannot be pinned on one of them: none is charged a crash; each goes back
-        (through the retry set, due now) marked to run alone, where a crash counts."""
+        to its queue marked to run alone, where a crash counts."""
         if info.cause in ("shutdown timeout", "interrupted"):
             return
         labels = [s.label for s in busy]
@@ -313,9 +313,8 @@ class WorkServer:
                 continue
             raw, job = found
             job.extra[ISOLATE] = True
-            if self.pools.settle_in_progress(record.pool_id, name, raw, False, int(now),
-                                             job.to_json()):
-                isolated += 1
+            if self.pools.mark_in_progress(record.pool_id, name, raw, job.to_json()):
+                isolated += 1  # reclaim_pool puts it back in its queue with the others
         log.warning("a child died with several jobs in flight; each is retried alone before "
                     "a crash counts against it", pool_id=record.pool_id, jobs=isolated,
                     cause=info.describe())
