@@ -102,6 +102,9 @@ class ConcurrentWorker(Worker):
         self.observers: list[Observer] = list(observers) if observers else [
             RedisObserver(self.store, wid, self.clock) for wid in ids]
         self.interrupted = interrupted
+        # fetched ahead of the free slots (they sit in the in-progress list, and go back to
+        # their queues on any stop); none with one slot, as Worker's batches of slow jobs
+        self.prefetch = min(self.max_batch, self.slots // 4)
         # around a job run alone on the main thread: the server lets INT/QUIT and the hard
         # timeout signal raise inside it, as in a child running one job at a time
         self.main_thread_job = main_thread_job or (lambda job: contextlib.nullcontext())
@@ -113,6 +116,7 @@ class ConcurrentWorker(Worker):
         self.interrupting = False
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Future[None] | None = None
+        self._async_names = {n for n, t in app.job_types.items() if t.is_async}  # decided once
         self._sync_middlewares = [m for m in app.middlewares if not is_async_callable(m)]
         self._async_middlewares = [m for m in app.middlewares if is_async_callable(m)]
 
@@ -163,11 +167,11 @@ class ConcurrentWorker(Worker):
                 continue
             try:
                 self._start_buffered(left)
-                if not self.buffer and self.free and not self.alone_running:
+                want = self._want(left)
+                if want:
                     with self._fetch_lock:
                         if self.needs_recovery:
                             self._recover()
-                        want = min(len(self.free), self.max_batch, left or self.slots)
                         self._last_fetch = self._call_fetch(want)
                     outage_failures = 0
                     if self._last_fetch:
@@ -200,6 +204,23 @@ class ConcurrentWorker(Worker):
                 return
             await self._wait(POLL)
 
+    def _want(self, left: int | None) -> int:
+        """How many jobs to fetch now: enough for the free slots plus a few ahead, so that a
+        slot that frees up starts its next job without waiting for a round trip; 0 while
+        fewer than half a batch are missing (a fetch per finished job would cost a round
+        trip per job)."""
+        if self.alone_running:
+            return 0
+        target = len(self.free) + self.prefetch
+        if left is not None:
+            target = min(target, left - len(self.buffer))
+        want = min(self.max_batch, target - len(self.buffer))
+        if want <= 0 or (self.buffer and want < max(1, self.prefetch // 2)):
+            return 0
+        if not self.free and not self.buffer:
+            return 0
+        return want
+
     async def _wait(self, timeout: float) -> None:
         """Sleep until a job finishes or ``timeout`` passes."""
         loop = asyncio.get_running_loop()
@@ -212,6 +233,7 @@ class ConcurrentWorker(Worker):
             self._wake = None
 
     def _start_buffered(self, left: int | None) -> None:
+        loop = asyncio.get_running_loop()
         while self.buffer and self.free and not self.alone_running:
             if left is not None and left <= 0:
                 return
@@ -227,7 +249,7 @@ class ConcurrentWorker(Worker):
                 left -= 1
             if start.alone:
                 self.alone_running = True
-            task = asyncio.ensure_future(self._run_slot(slot, start))
+            task = loop.create_task(self._run_slot(slot, start))
             self.tasks.add(task)
             task.add_done_callback(self._finished)
 
@@ -237,8 +259,8 @@ class ConcurrentWorker(Worker):
         except Exception:  # noqa: BLE001 - judged (and sent to dead) when it runs
             return _Start(queue, raw, None, None, False)
         job_type = self.app.job_types.get(job.name)
-        alone = bool(job.extra.get(ISOLATE)) or (
-            job_type is not None and not job_type.is_async
+        alone = bool(job.extra and job.extra.get(ISOLATE)) or (
+            job_type is not None and job.name not in self._async_names
             and (self.slots == 1 or not job_type.threads))
         return _Start(queue, raw, job, job_type, alone)
 
@@ -323,7 +345,8 @@ class ConcurrentWorker(Worker):
             return self._malformed(queue, raw, err, now)
         if job_type is None:
             return self._dead(queue, raw, job, STRAY_JOB_ERROR, now)
-        job.extra.pop(ISOLATE, None)  # it runs alone now; a retry of it need not
+        if job.extra:
+            job.extra.pop(ISOLATE, None)  # it runs alone now; a retry of it need not
         observer = self.observers[slot]
         job._checkin_hook = observer.checkin
         with observer.observe(job, job_type):
@@ -339,8 +362,11 @@ class ConcurrentWorker(Worker):
         """Middleware and handler; a job's exception becomes its outcome, as in Worker._run."""
         job.context = self.app.context_factory()
         try:
-            if job_type.is_async:
-                await self._with_timeout(self._async_chain(job, job_type, 0), job_type)
+            if job.name in self._async_names:
+                if self.app.middlewares:
+                    await self._with_timeout(self._async_chain(job, job_type, 0), job_type)
+                else:
+                    await self._with_timeout(job_type.handler(job), job_type)
             else:
                 await self._async_then_sync(job, job_type, alone, 0)
         except self.requeue_exceptions:
