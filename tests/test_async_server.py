@@ -46,6 +46,13 @@ APP = textwrap.dedent('''
         await asyncio.sleep(job.args["s"])
         record(job, phase="end")
 
+    @app.job("note")
+    async def note(job):
+        record(job, phase="start")
+        job.checkin("halfway")
+        await asyncio.sleep(job.args["s"])
+        record(job, phase="end")
+
     @app.job("capped", max_concurrency=2)
     async def capped(job):
         record(job, phase="start")
@@ -154,7 +161,7 @@ def title(pid: int) -> str:
 def test_one_pool_per_child_slots_observed_and_sigkill_requeues_all(server, r) -> None:
     srv = server(jobs_per_child=4)
     (child,) = srv.children()
-    jobs = Enqueuer(NS, r).enqueue_many([("wait", {"s": 30})] * 3)
+    jobs = Enqueuer(NS, r).enqueue_many([("wait", {"s": 30})] * 2 + [("note", {"s": 30})])
     wait_until(lambda: len(srv.records("start")) == 3, 10, message="three jobs in flight")
     # gocraft's model: one pool of concurrency 4, a worker id per slot
     (pool_id,) = [p.decode() for p in r.smembers(K.worker_pools())]
@@ -167,6 +174,11 @@ def test_one_pool_per_child_slots_observed_and_sigkill_requeues_all(server, r) -
         return {r.hget(K.worker_observation(w), "job_id").decode()
                 for w in worker_ids if r.hget(K.worker_observation(w), "job_id")}
     wait_until(lambda: observed() == {j.id for j in jobs}, 5, 0.05, "observations per slot")
+    # the check-in of the job that made one, in its own slot's observation
+    (noted,) = [w for w in worker_ids if r.hget(K.worker_observation(w), "job_id") == jobs[2].id.encode()]
+    wait_until(lambda: r.hget(K.worker_observation(noted), "checkin") == b"halfway", 5, 0.05,
+               "the check-in observed")
+    assert all(r.hget(K.worker_observation(w), "checkin") is None for w in worker_ids if w != noted)
     wait_until(lambda: "busy 3/4" in title(child), 5, 0.1, "title busy 3/4")
     # SIGKILL: all three go back to their queue at once, and a new child is up within 1 s
     killed_at = time.monotonic()
@@ -175,7 +187,7 @@ def test_one_pool_per_child_slots_observed_and_sigkill_requeues_all(server, r) -
     assert time.monotonic() - killed_at < 1.0
 
     def back() -> dict[str, Job]:  # queued, or already fetched again by the new child
-        entries = r.lrange(K.jobs("wait"), 0, -1) + in_progress(r)
+        entries = r.lrange(K.jobs("wait"), 0, -1) + r.lrange(K.jobs("note"), 0, -1) + in_progress(r)
         return {job.id: job for job in map(Job.from_json, entries)}
 
     requeued = wait_until(lambda: len(back()) == 3 and back(), 1, 0.01, "all three requeued")
