@@ -23,7 +23,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from prefork_work.errors import EXCERPT_CHARS, InvalidJobArguments, describe
+from prefork_work.errors import InvalidJobArguments, describe, truncate
 
 _c_dumps = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
@@ -137,7 +137,7 @@ def _encode(value: Any, out: list[str], path: str) -> None:
 
 def _short(path: str) -> str:
     # a path is made of the caller's keys: bounded in messages like any other value
-    return path if len(path) <= EXCERPT_CHARS else path[:EXCERPT_CHARS] + "..."
+    return truncate(path)
 
 
 def _scalar_bytes(text: str) -> bytes:
