@@ -7,6 +7,11 @@ from typing import Any
 EXCERPT_CHARS = 64
 
 
+def truncate(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """At most ``limit`` characters of a message that may quote a payload."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def describe(value: Any, limit: int = EXCERPT_CHARS) -> str:
     """A value for an error message: its type and at most ``limit`` characters of it.
 

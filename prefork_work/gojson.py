@@ -23,7 +23,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from prefork_work.errors import EXCERPT_CHARS, InvalidJobArguments, describe
+from prefork_work.errors import InvalidJobArguments, describe, truncate
 
 _c_dumps = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
@@ -46,8 +46,18 @@ def dumps(value: Any) -> str:
     OverflowError), a broken ``__str__`` of a key... Callers (enqueue, re-encoding a failed
     job, observations) then have one error to handle.
     """
-    try:
-        return _dumps(value)
+    try:  # free in Python 3.11 unless something raises
+        if _plain(value):
+            text = _c_dumps(value)
+        else:
+            parts: list[str] = []
+            _encode(value, parts, "args")
+            text = "".join(parts)
+        if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
+            # Only strings can hold these characters, and escaping never produces them, so a
+            # translation of the finished text is exact.
+            text = text.translate(_HTML)
+        return text
     except InvalidJobArguments:
         raise
     except RecursionError:
@@ -58,20 +68,6 @@ def dumps(value: Any) -> str:
         raise InvalidJobArguments(f"cannot encode: {type(err).__name__}") from None
     except Exception as err:
         raise InvalidJobArguments(f"cannot encode: {type(err).__name__}") from None
-
-
-def _dumps(value: Any) -> str:
-    if _plain(value):
-        text = _c_dumps(value)
-    else:
-        parts: list[str] = []
-        _encode(value, parts, "args")
-        text = "".join(parts)
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        # Only strings can hold these characters, and escaping never produces them, so a
-        # translation of the finished text is exact.
-        text = text.translate(_HTML)
-    return text
 
 
 def dumps_stream(value: Any) -> str:
@@ -141,7 +137,7 @@ def _encode(value: Any, out: list[str], path: str) -> None:
 
 def _short(path: str) -> str:
     # a path is made of the caller's keys: bounded in messages like any other value
-    return path if len(path) <= EXCERPT_CHARS else path[:EXCERPT_CHARS] + "..."
+    return truncate(path)
 
 
 def _scalar_bytes(text: str) -> bytes:

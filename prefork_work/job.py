@@ -139,12 +139,62 @@ class Job:
         10,000 levels) raises RecursionError, a huge document MemoryError; none of that may
         escape to a worker or a master loop as anything but a job to dead-letter.
         """
-        try:
+        raw_bytes = b""
+        try:  # one try around it all: free in Python 3.11 unless something raises
             raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        except Exception as err:
-            raise MalformedJob(b"", f"cannot read the payload: {type(err).__name__}") from None
-        try:
-            return cls._decode(raw_bytes)
+            text = raw_bytes.decode("utf-8", "replace")
+            if "-0" in text or (len(text) > _FLOAT64_MAX_DIGITS and _LONG_NUMBER.search(text)):
+                data = _decode_checked_ints(text)
+            else:
+                data = _decode(text)
+            if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the common job has no escape
+                data = _no_lone_surrogates(data)
+            if not isinstance(data, dict):
+                raise MalformedJob(raw_bytes, f"a job must be a JSON object, got {type(data).__name__}")
+            values: dict[str, Any] = {}
+            extra: dict[str, Any] = {}
+            for key, value in data.items():
+                folded = key if key in _FIELDS else key.lower()
+                if folded not in _FIELDS:
+                    extra[key] = value
+                elif folded in values:  # "t" and "T" both: Go keeps the one written last
+                    values.update(_last_of_each_field(text))
+                    break
+                else:
+                    values[folded] = value
+            for name in _INT_FIELDS:
+                value = values.get(name)
+                if value is None:
+                    values[name] = 0
+                elif type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+                    raise MalformedJob(raw_bytes, f"field {name!r} must be an integer, got {describe(value)}")
+            for name in _STR_FIELDS:
+                value = values.get(name)
+                if value is None:
+                    values[name] = ""
+                elif type(value) is not str:
+                    raise MalformedJob(raw_bytes, f"field {name!r} must be a string, got {describe(value)}")
+            args = values.get("args")
+            if args is not None and type(args) is not dict:
+                raise MalformedJob(raw_bytes, f"field 'args' must be an object or null, got {describe(args)}")
+            unique = values.get("unique")
+            if unique is None:
+                unique = False
+            elif type(unique) is not bool:
+                raise MalformedJob(raw_bytes, f"field 'unique' must be a bool, got {describe(unique)}")
+            return cls(
+                name=values["name"],
+                id=values["id"],
+                t=values["t"],
+                args=args,
+                unique=unique,
+                unique_key=values["unique_key"],
+                fails=values["fails"],
+                err=values["err"],
+                failed_at=values["failed_at"],
+                extra=extra,
+                raw=raw_bytes,
+            )
         except MalformedJob:
             raise
         except RecursionError:
@@ -155,62 +205,6 @@ class Job:
             raise MalformedJob(raw_bytes, f"invalid JSON: {str(err)[:200]}") from None
         except Exception as err:  # anything else a hostile payload finds
             raise MalformedJob(raw_bytes, f"cannot decode: {type(err).__name__}") from None
-
-    @classmethod
-    def _decode(cls, raw_bytes: bytes) -> Job:
-        text = raw_bytes.decode("utf-8", "replace")
-        if "-0" in text or (len(text) > _FLOAT64_MAX_DIGITS and _LONG_NUMBER.search(text)):
-            data = _decode_checked_ints(text)
-        else:
-            data = _decode(text)
-        if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the common job has no escape
-            data = _no_lone_surrogates(data)
-        if not isinstance(data, dict):
-            raise MalformedJob(raw_bytes, f"a job must be a JSON object, got {type(data).__name__}")
-        values: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for key, value in data.items():
-            folded = key if key in _FIELDS else key.lower()
-            if folded not in _FIELDS:
-                extra[key] = value
-            elif folded in values:  # "t" and "T" both: Go keeps the one written last
-                values.update(_last_of_each_field(text))
-                break
-            else:
-                values[folded] = value
-        for name in _INT_FIELDS:
-            value = values.get(name)
-            if value is None:
-                values[name] = 0
-            elif type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
-                raise MalformedJob(raw_bytes, f"field {name!r} must be an integer, got {describe(value)}")
-        for name in _STR_FIELDS:
-            value = values.get(name)
-            if value is None:
-                values[name] = ""
-            elif type(value) is not str:
-                raise MalformedJob(raw_bytes, f"field {name!r} must be a string, got {describe(value)}")
-        args = values.get("args")
-        if args is not None and type(args) is not dict:
-            raise MalformedJob(raw_bytes, f"field 'args' must be an object or null, got {describe(args)}")
-        unique = values.get("unique")
-        if unique is None:
-            unique = False
-        elif type(unique) is not bool:
-            raise MalformedJob(raw_bytes, f"field 'unique' must be a bool, got {describe(unique)}")
-        return cls(
-            name=values["name"],
-            id=values["id"],
-            t=values["t"],
-            args=args,
-            unique=unique,
-            unique_key=values["unique_key"],
-            fails=values["fails"],
-            err=values["err"],
-            failed_at=values["failed_at"],
-            extra=extra,
-            raw=raw_bytes,
-        )
 
     def to_json(self) -> bytes:
         """Go's ``Job.serialize`` bytes (omitempty fields left out, compact, Go escaping)."""

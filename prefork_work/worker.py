@@ -32,7 +32,7 @@ from prefork_work.errors import (
     MalformedJob,
     PreforkWorkError,
     RedisUnavailable,
-    describe,
+    truncate,
 )
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
@@ -476,7 +476,7 @@ class Worker:
         if isinstance(err, PreforkWorkError):
             error = context + str(err)
         else:  # an unexpected failure: its type and a bounded excerpt, never the payload
-            error = f"{context}malformed job: {type(err).__name__}: {describe(str(err))}"
+            error = f"{context}malformed job: {type(err).__name__}: {truncate(str(err))}"
         text = raw.decode("utf-8", errors="replace")
         wrapper = Job(name=queue, id=make_identifier(), t=now, args={"malformed_payload": text},
                       fails=1, err=error, failed_at=now)

@@ -147,22 +147,32 @@ def deep_payload(name: str, levels: int) -> bytes:
             + b"[" * levels + b"]" * levels + b"}}")
 
 
-def test_deep_payloads_go_dead_and_no_child_dies(server, r) -> None:
+def test_deep_and_oversized_payloads_go_dead_and_no_child_dies(server, r) -> None:
     # a payload nested 5,000 deep killed every child that fetched it, and in the scheduled
-    # or retry set stopped the requeuer (issue 7 item 1)
-    srv = server()
+    # or retry set stopped the requeuer (issue 7 item 1); no payload size was too big
+    # (issue 12 item 4)
+    srv = server(max_payload_bytes=50_000)
     children = srv.children()
+    big = Enqueuer(NS, r).enqueue("record", {"blob": "b" * 60_000})
     r.lpush(K.jobs("record"), deep_payload("record", 5_000))
     r.zadd(K.scheduled(), {deep_payload("record", 100_000): time.time() - 1})
     r.zadd(K.retry(), {deep_payload("record", 1_000): time.time() - 1})
     healthy = [Enqueuer(NS, r).enqueue("record"), Enqueuer(NS, r).enqueue_in("record", 0).job]
     wait_until(lambda: {rec["id"] for rec in srv.records()} >= {j.id for j in healthy}, 10,
                message="the healthy jobs ran")
-    wait_until(lambda: r.zcard(K.dead()) == 3, 10, message="three dead entries")
+    wait_until(lambda: r.zcard(K.dead()) == 4, 10, message="four dead entries")
+    errors = []
     for member in r.zrange(K.dead(), 0, -1):
         dead = Job.from_json(member)
-        assert dead.err.startswith("malformed job: invalid JSON: nested too deeply")
-        assert dead.args["malformed_payload"].startswith('{"name":"record","id":"deep-')
+        errors.append(dead.err)
+        if "max_payload_bytes" in dead.err:
+            assert dead.err.endswith("bytes is over server.max_payload_bytes (50000)")
+            assert Job.from_json(dead.args["malformed_payload"].encode()).id == big.id
+        else:
+            assert dead.err.startswith("malformed job: invalid JSON: nested too deeply")
+            assert dead.args["malformed_payload"].startswith('{"name":"record","id":"deep-')
+    assert sum("max_payload_bytes" in err for err in errors) == 1
+    assert big.id not in {rec["id"] for rec in srv.records()}
     assert srv.children() == children  # no child died, none was replaced
     assert not list(r.scan_iter(match=K.in_progress("*", "*")))  # nothing stuck in progress
     assert b"child failed" not in srv.log.read_bytes()

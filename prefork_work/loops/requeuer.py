@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import structlog
 
-from prefork_work.errors import MalformedJob, PreforkWorkError, RedisUnavailable, describe
+from prefork_work.errors import MalformedJob, PreforkWorkError, RedisUnavailable, truncate
 from prefork_work.job import Job, make_identifier
 from prefork_work.store.pools import PoolStore
 
@@ -65,11 +65,11 @@ class Requeuer:
             elif isinstance(err, PreforkWorkError):  # decoded, but cannot be written back
                 error = f"malformed job: {err}"
             else:
-                error = f"malformed job: {type(err).__name__}: {describe(str(err))}"
+                error = f"malformed job: {type(err).__name__}: {truncate(str(err))}"
             return member, self._wrap(member, now, error), keys.dead()
 
     def _wrong_type(self, queue_key: str) -> str:
-        shown = queue_key if len(queue_key) <= 64 else queue_key[:64] + "..."
+        shown = truncate(queue_key)
         return f"malformed job: its name makes the queue key {shown!r}, which holds another type"
 
     def _wrap(self, member: bytes, now: int, error: str) -> bytes:
