@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -23,9 +24,6 @@ from conftest import read_records, wait_until
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.keys import Keys
-
-NS = "sj"
-K = Keys(NS)
 
 APP = textwrap.dedent('''
     import json, os, signal, time
@@ -78,9 +76,12 @@ APP = textwrap.dedent('''
 
 class Server:
     def __init__(self, tmp_path: Path, redis_url: str, **options: object) -> None:
+        # a namespace of its own: a server another test left stopping cannot take its jobs
+        self.ns = "sj" + uuid.uuid4().hex[:8]
+        self.k = Keys(self.ns)
         self.evidence = tmp_path / "evidence.log"
         (tmp_path / "sj_app.py").write_text(APP)
-        settings = {"namespace": NS, "app": "sj_app:app", "python_path": [str(tmp_path)],
+        settings = {"namespace": self.ns, "app": "sj_app:app", "python_path": [str(tmp_path)],
                     "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 1.0}
         settings.update(options)
         lines = ["[redis]", f'url = "{redis_url}"', "[server]"]
@@ -153,16 +154,17 @@ def test_deep_and_oversized_payloads_go_dead_and_no_child_dies(server, r) -> Non
     # (issue 12 item 4)
     srv = server(max_payload_bytes=50_000)
     children = srv.children()
-    big = Enqueuer(NS, r).enqueue("record", {"blob": "b" * 60_000})
-    r.lpush(K.jobs("record"), deep_payload("record", 5_000))
-    r.zadd(K.scheduled(), {deep_payload("record", 100_000): time.time() - 1})
-    r.zadd(K.retry(), {deep_payload("record", 1_000): time.time() - 1})
-    healthy = [Enqueuer(NS, r).enqueue("record"), Enqueuer(NS, r).enqueue_in("record", 0).job]
+    big = Enqueuer(srv.ns, r).enqueue("record", {"blob": "b" * 60_000})
+    r.lpush(srv.k.jobs("record"), deep_payload("record", 5_000))
+    r.zadd(srv.k.scheduled(), {deep_payload("record", 100_000): time.time() - 1})
+    r.zadd(srv.k.retry(), {deep_payload("record", 1_000): time.time() - 1})
+    enqueuer = Enqueuer(srv.ns, r)
+    healthy = [enqueuer.enqueue("record"), enqueuer.enqueue_in("record", 0).job]
     wait_until(lambda: {rec["id"] for rec in srv.records()} >= {j.id for j in healthy}, 10,
                message="the healthy jobs ran")
-    wait_until(lambda: r.zcard(K.dead()) == 4, 10, message="four dead entries")
+    wait_until(lambda: r.zcard(srv.k.dead()) == 4, 10, message="four dead entries")
     errors = []
-    for member in r.zrange(K.dead(), 0, -1):
+    for member in r.zrange(srv.k.dead(), 0, -1):
         dead = Job.from_json(member)
         errors.append(dead.err)
         if "max_payload_bytes" in dead.err:
@@ -174,7 +176,7 @@ def test_deep_and_oversized_payloads_go_dead_and_no_child_dies(server, r) -> Non
     assert sum("max_payload_bytes" in err for err in errors) == 1
     assert big.id not in {rec["id"] for rec in srv.records()}
     assert srv.children() == children  # no child died, none was replaced
-    assert not list(r.scan_iter(match=K.in_progress("*", "*")))  # nothing stuck in progress
+    assert not list(r.scan_iter(match=srv.k.in_progress("*", "*")))  # nothing stuck in progress
     assert b"child failed" not in srv.log.read_bytes()
 
 
@@ -182,9 +184,9 @@ def test_slow_jobs_fetched_in_one_batch_spread_over_both_children(server, r) -> 
     # After a run of fast jobs the batch is large: four slow jobs arriving together were
     # all taken by one child and run back to back (6 s) while the other idled (item 3).
     srv = server()
-    enqueuer = Enqueuer(NS, r)
+    enqueuer = Enqueuer(srv.ns, r)
     enqueuer.enqueue_many([("noop", None)] * 2000)
-    wait_until(lambda: r.llen(K.jobs("noop")) == 0, 30, message="the fast jobs fetched")
+    wait_until(lambda: r.llen(srv.k.jobs("noop")) == 0, 30, message="the fast jobs fetched")
     # the slow jobs queued right behind a run of fast ones: the child whose batch reaches
     # them takes them all
     jobs = enqueuer.enqueue_many([("noop", None)] * 300 + [("slow", {"s": 1.5})] * 4)[-4:]
@@ -203,13 +205,13 @@ def test_checkin_at_is_the_time_of_the_checkin(server, r) -> None:
     # the master rewrote checkin_at to "now" on every tick: Go's UI showed a stale check-in
     # as fresh (item 8)
     srv = server(concurrency=1)
-    job = Enqueuer(NS, r).enqueue("checkin", {"s": 3})
+    job = Enqueuer(srv.ns, r).enqueue("checkin", {"s": 3})
     checked = wait_until(lambda: [rec for rec in srv.records() if rec["id"] == job.id], 10)
     at = int(checked[0]["at"])  # type: ignore[index]
 
     def observed() -> list[tuple[bytes, int]]:
         found = []
-        for key in r.scan_iter(match=K.worker_observation("*")):
+        for key in r.scan_iter(match=srv.k.worker_observation("*")):
             fields = r.hgetall(key)
             if fields.get(b"checkin"):
                 found.append((fields[b"checkin"], int(fields[b"checkin_at"])))
@@ -228,8 +230,8 @@ def test_a_job_blocking_the_hard_timeout_signal_does_not_deafen_the_next(server,
     # a job that blocked SIGUSR2 left it blocked for the next jobs of its child: the next
     # job past its hard timeout could no longer be interrupted, only SIGKILLed (item 8)
     srv = server(concurrency=1, hard_timeout_grace=3.0)  # SIGKILL only long after the signal
-    blocker, hang = Enqueuer(NS, r).enqueue_many([("blocker", None), ("hang", None)])
-    wait_until(lambda: r.zcard(K.dead()) == 1, 15, 0.05, "the hung job dead")
+    blocker, hang = Enqueuer(srv.ns, r).enqueue_many([("blocker", None), ("hang", None)])
+    wait_until(lambda: r.zcard(srv.k.dead()) == 1, 15, 0.05, "the hung job dead")
     ids = [(rec["id"], rec.get("phase")) for rec in srv.records()]
-    assert (blocker.id, None) in ids
+    assert (blocker.id, None) in ids, (ids, r.zrange(srv.k.retry(), 0, -1), srv.log.read_text()[-3000:])
     assert (hang.id, "interrupted") in ids  # interrupted in the job, not SIGKILLed

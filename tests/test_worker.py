@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import random
 import signal
 import threading
@@ -750,9 +751,16 @@ def test_success_is_logged_at_debug_with_its_duration(r) -> None:
     app = App()
     app.register("wat", lambda job: time.sleep(0.01))
     job = Enqueuer(NS, r).enqueue("wat")
-    with structlog.testing.capture_logs() as logs:
-        worker = make_worker(r, app)
-        assert worker.run_one()
+    saved = structlog.get_config()
+    # at debug level (another test may have configured logging at info in this process)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            worker = make_worker(r, app)
+            assert worker.log_success
+            assert worker.run_one()
+    finally:
+        structlog.configure(**saved)
     (line,) = [e for e in logs if e["event"] == "job succeeded"]
     assert line["log_level"] == "debug"
     assert (line["job_id"], line["job_name"]) == (job.id, "wat")
