@@ -283,6 +283,13 @@ class ConcurrentWorker(Worker):
             self.needs_recovery = True
             self.log.warning("redis unavailable; job left to recovery", error=str(err))
             ack = None
+        except Exception as err:  # noqa: BLE001 - a slot must never stay taken for good
+            # not the job's outcome (that is caught inside): a failure around it, e.g. an
+            # observer's. The job goes back to its queue through recovery, unjudged.
+            self.needs_recovery = True
+            self.log.error("job slot failed; the job goes back to its queue",
+                           error=f"{type(err).__name__}: {err}")
+            ack = None
         finally:
             if start.alone:
                 self.alone_running = False

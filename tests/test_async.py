@@ -252,3 +252,33 @@ def test_job_timeout_is_the_outcome_not_a_crash(r) -> None:
     run(app, r, 2)
     (dead,) = [Job.from_json(m) for m in r.zrange(K.dead(), 0, -1)]
     assert dead.err == "my own"
+
+
+def test_a_failure_around_a_job_frees_its_slot_and_requeues_the_job(r) -> None:
+    # an observer that fails once: the slot is freed, the job goes back and runs again
+    app = App()
+    ran: list[str] = []
+
+    @app.job("j")
+    async def j(job: Job) -> None:
+        ran.append(job.id)
+
+    class Flaky:
+        failed = False
+
+        def observe(self, job, job_type):
+            if not Flaky.failed:
+                Flaky.failed = True
+                raise RuntimeError("observer broke")
+            import contextlib
+
+            return contextlib.nullcontext()
+
+        def checkin(self, job, message) -> None: ...
+
+    (job,) = Enqueuer(NS, r).enqueue_many([("j", None)])
+    worker = ConcurrentWorker(app, r, NS, jobs_per_child=2, observers=[Flaky(), Flaky()])
+    worker.drain()  # the failed attempt; its job is recovered at the next fetch
+    worker.drain()
+    assert ran == [job.id] and worker.free and not worker.in_flight
+    assert nothing_in_progress(r) and r.llen(K.jobs("j")) == 0
