@@ -282,3 +282,19 @@ def test_a_failure_around_a_job_frees_its_slot_and_requeues_the_job(r) -> None:
     worker.drain()
     assert ran == [job.id] and worker.free and not worker.in_flight
     assert nothing_in_progress(r) and r.llen(K.jobs("j")) == 0
+
+
+def test_uvloop_is_used_when_installed_and_never_required(monkeypatch) -> None:
+    import sys
+
+    from prefork_work.inflight import new_event_loop
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed: asyncio's own loop
+    loop = new_event_loop()
+    assert type(loop).__module__.startswith("asyncio")
+    loop.close()
+    monkeypatch.delitem(sys.modules, "uvloop")
+    uvloop = pytest.importorskip("uvloop")
+    loop = new_event_loop()
+    assert isinstance(loop, uvloop.Loop)
+    loop.close()
