@@ -6,7 +6,7 @@ previous batch and fetching the next), and an enqueue is one pipelined round tri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +30,8 @@ class Ack:
     outcome: Outcome
     score: int = 0
     payload: bytes = b""
+    job_id: str = ""
+    status: bytes = b""  # the job's status record (JSON), for job types that ask for one
 
 
 class QueueStore(RedisStore):
@@ -98,6 +100,11 @@ class QueueStore(RedisStore):
         group_keys: dict[str, list[str]],
         want: int,
         acks: Sequence[Ack],
+        *,
+        now: int = 0,
+        count: bool = True,
+        status_ttl: int = 0,
+        increments: Mapping[str, int] | None = None,
     ) -> tuple[str | None, list[bytes]]:
         """Acknowledge ``acks`` and fetch up to ``want`` jobs from the first eligible queue.
 
@@ -105,8 +112,13 @@ class QueueStore(RedisStore):
         among them. Returns (name of the queue served or None, raw jobs oldest first).
         Never retried here: a retried fetch could claim a second batch (the worker recovers
         its own in-progress lists after a connection error instead).
+
+        The same call counts the acknowledged outcomes in ``<p>pw:metrics`` (``count``),
+        adds ``increments`` to it, and writes the status record of every ack that carries
+        one to the status hash, kept ``status_ttl`` seconds past ``now``.
         """
-        keys = [self.keys.retry(), self.keys.dead(), self.keys.wake()]
+        k = self.keys
+        keys = [k.retry(), k.dead(), k.wake(), k.metrics(), k.status(), k.status_expiry()]
         group_of: dict[str, int] = {}
         for number, name in enumerate(order, start=1):
             keys.extend(group_keys[name])
@@ -115,6 +127,14 @@ class QueueStore(RedisStore):
         for ack in acks:
             extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
+        statuses = [(n, a.job_id, a.status) for n, a in enumerate(acks, start=1) if a.status]
+        args.extend((now, status_ttl, 1 if count else 0, len(statuses)))
+        for number, job_id, record in statuses:
+            args.extend((number, job_id, record))
+        args.append(len(increments) if increments else 0)
+        if increments:
+            for field, value in increments.items():
+                args.extend((field, value))
         with redis_errors():
             group, jobs = self.run_script("fetch", keys, args)
         if not group:
