@@ -40,6 +40,18 @@ class Queue:
 
 
 @dataclass(slots=True)
+class QueueState:
+    """A queue with the operator's switches: what the CLI and the dashboard show."""
+
+    job_name: str
+    count: int
+    latency: int
+    paused: bool
+    max_concurrency: int  # 0: no cap
+    running: int  # the queue's lock: jobs fetched and not yet acknowledged, all pools
+
+
+@dataclass(slots=True)
 class WorkerPoolHeartbeat:
     worker_pool_id: str
     started_at: int
@@ -134,6 +146,13 @@ class Client:
             result.append(Queue(name, count, latency))
         return result
 
+    def queue_states(self) -> list[QueueState]:
+        """``queues()`` plus each queue's paused flag, max concurrency and running count."""
+        queues = self.queues()
+        controls = self.store.queue_controls([q.job_name for q in queues])
+        return [QueueState(q.job_name, q.count, q.latency, paused, cap, max(lock, 0))
+                for q, (paused, cap, lock) in zip(queues, controls, strict=True)]
+
     def worker_pool_heartbeats(self) -> list[WorkerPoolHeartbeat]:
         pool_ids = self.store.pool_ids()
         hashes = self.store.hashes([self.keys.heartbeat(p) for p in pool_ids])
@@ -168,6 +187,28 @@ class Client:
 
     def delete_all_dead_jobs(self) -> None:
         self.store.delete_key(self.keys.dead())
+
+    def dead_job_score(self, job_id: str) -> int | None:
+        """When dead job ``job_id`` died (its score), found by a scan of the dead set; None
+        when it is not there. For callers that know a job's id but not its score."""
+        found = self._scan_for(self.keys.dead(), job_id)
+        return int(found[1]) if found else None
+
+    def _scan_for(self, zset: str, job_id: str) -> tuple[bytes, float] | None:
+        """The member of ``zset`` that is job ``job_id`` (not one whose args mention it)."""
+        for member, score in self.store.scan_zset(zset, _id_needle(job_id)):
+            try:
+                if Job.from_json(member).id == job_id:
+                    return member, score
+            except MalformedJob:
+                continue
+        return None
+
+    def zset_size(self, which: str) -> int:
+        """Members of the ``scheduled``, ``retry`` or ``dead`` set."""
+        zsets = {"scheduled": self.keys.scheduled(), "retry": self.keys.retry(),
+                 "dead": self.keys.dead()}
+        return self.store.zcard(zsets[which])
 
     def retry_dead_job(self, died_at: int, job_id: str) -> None:
         """Back into its queue (LPUSH, as Go) with fails, err and failed_at cleared and t = now.
@@ -237,10 +278,10 @@ class Client:
         record = _status_record(self.store.status_record(job_id))
         if record is not None and (record["state"] == "done" or record.get("dropped")):
             return _from_record(job_id, record, record["state"])  # final: nowhere else to look
-        needle = b'"id":' + json.dumps(job_id).encode()
+        needle = _id_needle(job_id)
         names = [record["name"]] if record and record.get("name") else self.store.known_job_names()
-        if record is None:
-            found = self.store.scan_zset(self.keys.scheduled(), needle)
+        if record is None:  # a job with a record has run: it is past the scheduled set
+            found = self._scan_for(self.keys.scheduled(), job_id)
             if found is not None and (status := _from_member(job_id, found[0], "scheduled")):
                 return status
         queued = self.store.find_queued(names, needle, QUEUE_SCAN_LIMIT)
@@ -267,7 +308,7 @@ class Client:
                 if needle in member:
                     return member
             return None
-        found = self.store.scan_zset(zset, needle)
+        found = self._scan_for(zset, job_id)
         return found[0] if found else None
 
     def _running(self, job_id: str, names: list[str], needle: bytes) -> JobStatus | None:
@@ -365,6 +406,11 @@ def _observation(worker_id: str, fields: dict[str, str]) -> WorkerObservation:
         args_json=fields.get("args", ""), checkin=fields.get("checkin", ""),
         checkin_at=_int(fields, "checkin_at"),
     )
+
+
+def _id_needle(job_id: str) -> bytes:
+    """The bytes every encoding of job ``job_id`` contains (Go's and ours: no spaces)."""
+    return b'"id":' + json.dumps(job_id).encode()
 
 
 def _status_record(raw: bytes | None) -> dict[str, Any] | None:

@@ -46,7 +46,7 @@ APP = textwrap.dedent('''
     def retryme(job):
         raise RuntimeError("later")
 
-    @app.job("sleep")
+    @app.job("sleep", status=True)
     def sleep(job):
         time.sleep(job.args["s"])
 
@@ -163,10 +163,15 @@ def test_metrics_are_exact_across_kills_recycling_and_restarts(server, r, redis_
         wait_until(lambda name=name, n=n: processed(name) >= n, 20, 0.05, f"{name} processed")
 
     # a child SIGKILLed under a job: the job is reclaimed, runs again, and counts once
-    enq.enqueue("sleep", {"s": 1.5})
+    sleeper = enq.enqueue("sleep", {"s": 1.5})
     victim = srv.busy_child()
+    running = client.job_status(sleeper.id)
+    assert running is not None and running.state == "running"
     victim.kill()
     wait_until(lambda: processed("sleep") >= 1, 20, 0.05, "sleep processed")
+    status = client.job_status(sleeper.id)  # recorded by a child of the prefork server
+    assert status is not None and (status.state, status.host) == ("done", socket.gethostname())
+    assert status.pool_id and status.duration is not None and status.duration >= 1.5
     # a poison job: reclaimed after its first crash, dead (by the master) after its second
     enq.enqueue("poison")
     wait_until(lambda: value(scrape(client), "prefork_work_jobs_dead_total", job_name="poison"),

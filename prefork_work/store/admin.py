@@ -87,6 +87,22 @@ class AdminStore(RedisStore):
         self.wake(pipe, WAKE_TOKENS_MAX)
         pipe.execute()
 
+    @translate_errors
+    def queue_controls(self, names: Sequence[str]) -> list[tuple[bool, int, int]]:
+        """(paused, max concurrency, lock) of each name; a value that is not an int is 0."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.keys.paused(name))
+            pipe.get(self.keys.max_concurrency(name))
+            pipe.get(self.keys.lock(name))
+        replies = pipe.execute()
+        return [(bool(replies[3 * i]), _int(replies[3 * i + 1]), _int(replies[3 * i + 2]))
+                for i in range(len(names))]
+
+    @translate_errors
+    def zcard(self, zset: str) -> int:
+        return int(self.redis.zcard(zset))
+
     # --- job status -------------------------------------------------------------------------------
     @translate_errors
     def status_record(self, job_id: str) -> bytes | None:
@@ -94,13 +110,12 @@ class AdminStore(RedisStore):
         return value
 
     @translate_errors
-    def scan_zset(self, zset: str, needle: bytes, count: int = 1000) -> tuple[bytes, float] | None:
-        """The first member containing ``needle`` (ZSCAN MATCH: O(N) in the set, in steps)."""
+    def scan_zset(self, zset: str, needle: bytes, count: int = 1000) -> list[tuple[bytes, float]]:
+        """Every member containing ``needle`` (ZSCAN MATCH: O(N) in the set, in steps)."""
         pattern = b"*" + _glob_escape(needle) + b"*"
-        for member, score in self.redis.zscan_iter(zset, match=pattern, count=count):
-            if needle in member:
-                return member, score
-        return None
+        return [(member, score)
+                for member, score in self.redis.zscan_iter(zset, match=pattern, count=count)
+                if needle in member]
 
     @translate_errors
     def find_queued(self, names: Sequence[str], needle: bytes, limit: int) -> tuple[str, bytes] | None:
@@ -135,3 +150,10 @@ class AdminStore(RedisStore):
 
 def _glob_escape(text: bytes) -> bytes:
     return b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in text)
+
+
+def _int(value: bytes | None) -> int:
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
