@@ -172,6 +172,9 @@ class Worker:
         # the duration histogram and Redis errors are summed here (see lua/fetch.lua)
         self.metrics = metrics
         self.increments: dict[str, int] = {}
+        # queue -> counts per duration bucket, then the sum of seconds: cheap per job, turned
+        # into counter fields once per batch (_drain_histogram)
+        self.histogram: dict[str, list[float]] = {}
         self.status_ttl = status_ttl
         self.host = host or socket.gethostname()
 
@@ -249,7 +252,7 @@ class Worker:
 
     def flush(self) -> None:
         """Acknowledge every finished job now (and send pending counters)."""
-        if self.acks or self.increments:
+        if self.acks or self.increments or self.histogram:
             self._call_fetch(want=0)
 
     def close(self) -> None:
@@ -272,6 +275,8 @@ class Worker:
 
     def _call_fetch(self, want: int) -> int:
         acks = self.acks
+        if self.histogram:
+            self._drain_histogram()
         try:
             queue, jobs = self.store.fetch(
                 self.pool_id, self.sampler.sample(), self.group_keys, want, acks,
@@ -330,13 +335,24 @@ class Worker:
         self.jobs_done += 1
         seconds = time.perf_counter() - started
         if self.metrics:
-            bucket = bisect.bisect_left(DURATION_BUCKETS, seconds)
-            self._count(f"duration:{queue}:{bucket}")
-            self._count(f"duration_sum:{queue}", int(seconds * 1_000_000))
+            counts = self.histogram.get(queue)
+            if counts is None:
+                counts = self.histogram[queue] = [0] * (len(DURATION_BUCKETS) + 2)
+            counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+            counts[-1] += seconds
         self._adapt_batch(seconds)
 
     def _count(self, field: str, n: int = 1) -> None:
         self.increments[field] = self.increments.get(field, 0) + n
+
+    def _drain_histogram(self) -> None:
+        """The batch's durations as counter fields (kept until a fetch call succeeds)."""
+        for queue, counts in self.histogram.items():
+            for bucket, n in enumerate(counts[:-1]):
+                if n:
+                    self._count(f"duration:{queue}:{bucket}", int(n))
+            self._count(f"duration_sum:{queue}", int(counts[-1] * 1_000_000))
+        self.histogram = {}
 
     def _adapt_batch(self, seconds: float) -> None:
         self.avg_job_seconds = 0.8 * self.avg_job_seconds + 0.2 * seconds
@@ -359,15 +375,15 @@ class Worker:
             # release exactly what the fetch took: the lock of the queue it came from
             return self._dead(queue, raw, job, STRAY_JOB_ERROR, now)
         job._checkin_hook = self.observer.checkin
-        started = time.perf_counter()
+        started = time.perf_counter() if job_type.status else 0.0
         with self.observer.observe(job, job_type):
             error = self._run(job, job_type)
-        duration = time.perf_counter() - started
         if error is None:
             ack = Ack(queue, raw, "s")
         else:
             ack = self._failed(queue, raw, job, job_type, error, int(self.clock()))
         if job_type.status:
+            duration = time.perf_counter() - started
             ack.job_id, ack.status = job.id, self._status_record(job, ack, now, duration)
         return ack
 

@@ -50,12 +50,16 @@ local want = tonumber(ARGV[2])
 local nacks = tonumber(ARGV[3])
 
 local G0 = 6  -- keys before the first group
+-- outcome -> (counter, number): counts are keyed by the number g * 4 + n, no string per job
 local COUNTED = {s = 'processed', r = 'retried', d = 'dead', x = 'dropped'}
+local CODE = {s = 0, r = 1, d = 2, x = 3}
+local OUTCOME = {[0] = 's', [1] = 'r', [2] = 'd', [3] = 'x'}
 local count = ARGV[4 + 4 * nacks + 2] == '1'
+local track = tonumber(ARGV[4 + 4 * nacks + 3]) > 0  -- status records to write
 
 local released = {}
-local taken = {}  -- acknowledgement number -> true when it took its entry
-local counts = {}  -- "<outcome letter><g>" -> n
+local taken = {}  -- acknowledgement number -> true when it took its entry (if track)
+local counts = {}  -- g * 4 + CODE[outcome] -> n
 local i = 4
 for k = 1, nacks do
   local g = tonumber(ARGV[i])
@@ -66,9 +70,10 @@ for k = 1, nacks do
   local base = G0 + 6 * (g - 1)
   if redis.call('LREM', KEYS[base + 2], -1, raw) > 0 then
     released[g] = (released[g] or 0) + 1
-    taken[k] = true
-    if count and COUNTED[outcome] then
-      local c = outcome .. g
+    if track then taken[k] = true end
+    local code = CODE[outcome]
+    if count and code then
+      local c = g * 4 + code
       counts[c] = (counts[c] or 0) + 1
     end
     if outcome == 'r' or outcome == 'd' then
@@ -91,7 +96,7 @@ end
 local prefix_len = #KEYS[4] - #'pw:metrics' + #'jobs:'
 local failed = {}
 for c, n in pairs(counts) do
-  local outcome, g = string.sub(c, 1, 1), tonumber(string.sub(c, 2))
+  local outcome, g = OUTCOME[c % 4], math.floor(c / 4)
   local name = string.sub(KEYS[G0 + 6 * (g - 1) + 1], prefix_len + 1)
   redis.call('HINCRBY', KEYS[4], 'processed:' .. name, n)
   if outcome ~= 's' then

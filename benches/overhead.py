@@ -1,0 +1,201 @@
+"""What job status and the metrics counters cost: no-op throughput with each switched on/off.
+
+    python -m benches.overhead [--jobs 100000] [--names 5] [--children 2] [--runs 5]
+        [--baseline DIR] [--json PATH]
+    python -m benches.overhead --in-process [--jobs 50000] [--runs 5]
+
+The throughput bench's workload and harness (benches/throughput.py: all jobs enqueued first,
+then the server started and timed until every job has run), with the prefork-work server in
+these configurations, runs interleaved (run 1 of each, then run 2, ...), median reported:
+
+- ``metrics off``: ``[server] metrics = false``, no job type asks for status
+- ``default``: metrics on (the default), no status: what every user pays
+- ``status on``: metrics on and every job type registered with ``status=True``
+- ``baseline``: with ``--baseline DIR``, the same workload on the code of another checkout
+  (e.g. the commit before status and metrics), for a before/after in one run.
+
+Overheads are relative to ``metrics off`` (or to ``baseline`` when given).
+
+``--in-process`` measures the same three configurations without the server: one
+``Worker`` in this process drains the jobs at a fixed batch size (100), and the table
+gives the worker's CPU time per job (``time.process_time``) and Redis's (its
+``commandstats``). CPU time, unlike jobs/s, hardly moves with the load of other processes
+on a shared machine, so small overheads show through the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from benches.common import (
+    ROOT,
+    PrivateRedis,
+    bench_env,
+    median,
+    print_table,
+    start_group,
+    write_json,
+)
+from benches.throughput import PreforkWork, RunResult, run_once
+
+
+class Variant(PreforkWork):
+    """The bench's prefork-work server with extra [server] settings, env and code tree."""
+
+    def __init__(self, label: str, server: str = "", env: dict[str, str] | None = None,
+                 tree: Path | None = None) -> None:
+        super().__init__(sys.executable)
+        self.name = label
+        self.server = server
+        self.env = env or {}
+        self.tree = tree
+
+    def start(self, url: str, children: int, names: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
+        config = tmp / "work.toml"
+        config.write_text(
+            f'[redis]\nurl = "{url}"\n\n'
+            f'[server]\nnamespace = "bench"\napp = "benches.jobs_app:app"\n'
+            f"concurrency = {children}\npython_path = [{json.dumps(str(ROOT))}]\n"
+            f'state_dir = {json.dumps(str(tmp / "state"))}\nshutdown_timeout = 5.0\n'
+            f"{self.server}\n"
+            '[log]\nlevel = "warning"\nformat = "json"\n'
+        )
+        env = bench_env(url, names, **self.env)
+        if self.tree is not None:  # that checkout's prefork_work first on the path
+            env["PYTHONPATH"] = os.pathsep.join([str(self.tree), env["PYTHONPATH"]])
+        argv = [self.python, "-m", "prefork_work.cli", "-c", str(config)]
+        return [start_group(argv, env=env, log=tmp / "prefork-work.log")]
+
+
+class _Unobserved:
+    """No observation writes: the in-process default writes two per job, the server none."""
+
+    def observe(self, job: object, job_type: object) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def checkin(self, job: object, message: str) -> None:
+        pass
+
+
+def in_process_once(client: object, jobs: int, names: int, metrics: bool,
+                    status: bool) -> tuple[float, float, float]:
+    """(jobs/s, worker CPU µs/job, Redis CPU µs/job) of one Worker draining ``jobs``."""
+    import time
+
+    from prefork_work import App, Enqueuer, Worker
+
+    r = client
+    r.flushall()  # type: ignore[attr-defined]
+    app = App()
+    for i in range(names):
+        app.register(f"noop{i}", lambda job: None, status=status)
+    enqueuer = Enqueuer("bench", r)  # type: ignore[arg-type]
+    for start in range(0, jobs, 1000):
+        enqueuer.enqueue_many((f"noop{i % names}", None) for i in range(start, min(jobs, start + 1000)))
+    worker = Worker(app, r, "bench", metrics=metrics,  # type: ignore[arg-type]
+                    observer=_Unobserved(),  # the server observes through shared memory
+                    batch_seconds=1.0)  # the batch stays at max_batch whatever the load
+    r.config_resetstat()  # type: ignore[attr-defined]
+    cpu, wall = time.process_time(), time.perf_counter()
+    done = worker.drain()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    stats = r.info("commandstats")  # type: ignore[attr-defined]
+    redis_us = sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_"))
+    assert done == jobs, (done, jobs)
+    return jobs / wall, cpu / jobs * 1e6, redis_us / jobs
+
+
+def in_process(args: argparse.Namespace) -> None:
+    variants = {"metrics off": (False, False), "default": (True, False), "status on": (True, True)}
+    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+    server = PrivateRedis().start()
+    try:
+        client = server.client()
+        print(f"overhead in process: {args.jobs:,} no-op jobs, {args.names} names, batch 100, "
+              f"{args.runs} runs interleaved", flush=True)
+        for run in range(1, args.runs + 1):
+            for name, (metrics, status) in variants.items():
+                rate, cpu, rcpu = in_process_once(client, args.jobs, args.names, metrics, status)
+                results[name].append((rate, cpu, rcpu))
+                print(f"  run {run} {name:<12} {rate:>8,.0f} jobs/s  worker {cpu:5.2f} µs/job"
+                      f"  Redis {rcpu:5.2f} µs/job", flush=True)
+    finally:
+        server.stop()
+    ref = [median(r[i] for r in results["metrics off"]) for i in range(3)]
+    rows = []
+    for name, rs in results.items():
+        m = [median(r[i] for r in rs) for i in range(3)]
+        rows.append([name, m[0], f"{(m[0] / ref[0] - 1) * 100:+.1f}%", m[1],
+                     f"{(m[1] / ref[1] - 1) * 100:+.1f}%", m[2],
+                     f"{(m[2] / ref[2] - 1) * 100:+.1f}%", m[1] + m[2],
+                     f"{((m[1] + m[2]) / (ref[1] + ref[2]) - 1) * 100:+.1f}%"])
+    print()
+    table = print_table(
+        ["variant", "jobs/s", "vs off", "worker CPU µs/job", "vs off", "Redis CPU µs/job",
+         "vs off", "total CPU µs/job", "vs off"], rows,
+        title=f"status and metrics overhead, in process (median of {args.runs})")
+    write_json("overhead-in-process", {"args": {k: str(v) for k, v in vars(args).items()},
+                                       "runs": results, "table": table}, args.json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benches.overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--names", type=int, default=5)
+    parser.add_argument("--children", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--baseline", type=Path, help="a checkout whose prefork_work to compare")
+    parser.add_argument("--json", help="result file (default benches/bench-results/...)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="CPU per job of one in-process Worker instead of the server's jobs/s")
+    args = parser.parse_args(argv)
+    if args.in_process:
+        in_process(args)
+        return
+
+    variants = [Variant("metrics off", "metrics = false"), Variant("default"),
+                Variant("status on", env={"BENCH_STATUS": "1"})]
+    if args.baseline:
+        variants.insert(0, Variant("baseline", tree=args.baseline.resolve()))
+    results: dict[str, list[RunResult]] = {v.name: [] for v in variants}
+    print(f"overhead: {args.jobs:,} no-op jobs, {args.names} names, {args.children} children, "
+          f"{args.runs} runs interleaved", flush=True)
+    for run in range(1, args.runs + 1):
+        for variant in variants:
+            r = run_once(variant, args.jobs, args.names, args.children, args.timeout, run)
+            results[variant.name].append(r)
+            print(f"  run {run} {variant.name:<12} {r.jobs_per_s:>10,.0f} jobs/s "
+                  f"{r.redis_cpu_us_per_job:6.2f} Redis CPU µs/job"
+                  f"{'  ' + r.error if r.error else ''}", flush=True)
+    reference = "baseline" if args.baseline else "metrics off"
+    ref = median(r.jobs_per_s for r in results[reference])
+    ref_cpu = median(r.redis_cpu_us_per_job for r in results[reference])
+    rows = []
+    for name, rs in results.items():
+        rate = median(r.jobs_per_s for r in rs)
+        cpu = median(r.redis_cpu_us_per_job for r in rs)
+        rows.append([name, rate, f"{(rate / ref - 1) * 100:+.1f}%",
+                     min(r.jobs_per_s for r in rs), max(r.jobs_per_s for r in rs),
+                     cpu, f"{(cpu / ref_cpu - 1) * 100:+.1f}%",
+                     "; ".join(r.error for r in rs if r.error)])
+    print()
+    table = print_table(
+        ["variant", "jobs/s", f"vs {reference}", "min", "max", "Redis CPU µs/job",
+         f"vs {reference}", "note"], rows,
+        title=f"status and metrics overhead (median of {args.runs}; {os.cpu_count()} CPUs)")
+    write_json("overhead", {"args": {k: str(v) for k, v in vars(args).items()},
+                            "runs": {k: [asdict(r) for r in v] for k, v in results.items()},
+                            "table": table}, args.json)
+
+
+if __name__ == "__main__":
+    main()
