@@ -89,6 +89,9 @@ def _admin(config: Config, args: argparse.Namespace) -> int:
     from prefork_work import admin_cli
     from prefork_work.client import Client
     from prefork_work.connection import redis_from_url
+    from prefork_work.logging import configure_logging
+
+    configure_logging(config.log.format, config.log.level)  # stderr: stdout is the output
 
     def connect() -> Client:
         client = redis_from_url(redis_url_for(config), client_name="prefork-work:admin",

@@ -346,7 +346,15 @@ class Client:
     def _page(self, zset: str, page: int, wrap: type) -> tuple[list, int]:
         page = max(page, 1)
         members, total = self.store.zset_page(zset, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-        return [wrap(int(score), Job.from_json(member)) for member, score in members], total
+        result = []
+        for member, score in members:
+            try:
+                result.append(wrap(int(score), Job.from_json(member)))
+            except MalformedJob as err:
+                # written by some other producer: skipped (and said), never a crashed page
+                log.warning("undecodable member of a sorted set skipped", key=zset,
+                            score=score, error=str(err))
+        return result, total
 
     def _decoded(self, members: list[bytes]) -> list[tuple[bytes, Job]]:
         result = []

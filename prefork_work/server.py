@@ -204,7 +204,7 @@ class WorkServer:
 
     def _count_host(self, death: str | None, reclaimed: int) -> None:
         """Per-host counters for /metrics; a failure to count never stops the master."""
-        if death is None and not reclaimed:
+        if (death is None and not reclaimed) or not self.config.server.metrics:
             return
         try:
             MetricsStore(self.redis, self.keys).count_host(self.host, death, reclaimed)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
 from prefork_work import App, Client, Enqueuer, Job, Worker, cli
 from prefork_work.keys import Keys
@@ -33,6 +34,12 @@ def run(config: Path, capsys: pytest.CaptureFixture[str]):
         return code, captured.out, captured.err
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging():
+    yield
+    structlog.reset_defaults()  # a command configures logging for this whole process
 
 
 def run_json(run, *argv: str) -> tuple[int, object]:
@@ -179,3 +186,10 @@ def test_a_real_subprocess_needs_no_job_module(config, r) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["count"] == 1
     assert Client(NS, r).queues()[0].count == 1
+
+
+def test_an_undecodable_member_does_not_break_a_page(run, r, capsys) -> None:
+    good = Job(name="ok", id="aaaaaaaaaaaaaaaaaaaaaaaa", t=1, args={}, fails=1, err="x", failed_at=5)
+    r.zadd(K.dead(), {b"{not json": 4, good.to_json(): 5})
+    code, data = run_json(run, "jobs", "dead")
+    assert code == 0 and data["count"] == 2 and [j["id"] for j in data["jobs"]] == [good.id]
