@@ -265,3 +265,23 @@ def test_untrusted_fields_are_skipped(r) -> None:
 
 
 
+
+
+def test_a_reclaimed_jobs_late_acknowledgement_counts_nothing(r) -> None:
+    """The reaper took the job back (the pool looked dead) before the worker acknowledged
+    it: the job runs again, and only that run counts and leaves a status record."""
+    app = App()
+    app.register("a", lambda job: None, status=True)
+    job = Enqueuer(NS, r).enqueue("a")
+    worker = Worker(app, r, NS, idle_waits=(0.01,))
+    assert worker._refill(limit=1)
+    worker._process_next()  # ran; its acknowledgement waits for the next call
+    assert r.rpoplpush(K.in_progress("a", worker.pool_id), K.jobs("a"))  # the reaper's move
+    worker.flush()
+    assert not r.hexists(K.metrics(), "processed:a")
+    assert not r.hexists(K.status(), job.id)
+    assert worker.drain() == 1
+    m = scrape(Client(NS, r))
+    assert value(m, "prefork_work_jobs_processed_total", job_name="a") == 1
+    status = Client(NS, r).job_status(job.id)
+    assert status is not None and status.state == "done"
