@@ -54,13 +54,13 @@ local G0 = 6  -- keys before the first group
 local COUNTED = {s = 'processed', r = 'retried', d = 'dead', x = 'dropped'}
 local CODE = {s = 0, r = 1, d = 2, x = 3}
 local OUTCOME = {[0] = 's', [1] = 'r', [2] = 'd', [3] = 'x'}
-local count = ARGV[4 + 4 * nacks + 2] == '1'
-local track = tonumber(ARGV[4 + 4 * nacks + 3]) > 0  -- status records to write
 
 local released = {}
 local taken = {}  -- acknowledgement number -> true when it took its entry (if track)
 local counts = {}  -- g * 4 + CODE[outcome] -> n
 local i = 4
+local count = ARGV[i + 4 * nacks + 2] == '1'  -- the arguments after the records
+local track = tonumber(ARGV[i + 4 * nacks + 3]) > 0  -- status records to write
 for k = 1, nacks do
   local g = tonumber(ARGV[i])
   local raw = ARGV[i + 1]
