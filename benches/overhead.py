@@ -95,11 +95,16 @@ def in_process_once(client: object, jobs: int, names: int, metrics: bool,
     r.flushall()  # type: ignore[attr-defined]
     app = App()
     for i in range(names):
-        app.register(f"noop{i}", lambda job: None, status=status)
+        app.register(f"noop{i}", lambda job: None, **({"status": True} if status else {}))
     enqueuer = Enqueuer("bench", r)  # type: ignore[arg-type]
     for start in range(0, jobs, 1000):
         enqueuer.enqueue_many((f"noop{i % names}", None) for i in range(start, min(jobs, start + 1000)))
-    worker = Worker(app, r, "bench", metrics=metrics,  # type: ignore[arg-type]
+    import inspect
+
+    options: dict[str, object] = {"metrics": metrics}
+    if "metrics" not in inspect.signature(Worker).parameters:
+        options = {}  # a baseline checkout from before the switch
+    worker = Worker(app, r, "bench", **options,  # type: ignore[arg-type]
                     observer=_Unobserved(),  # the server observes through shared memory
                     batch_seconds=1.0)  # the batch stays at max_batch whatever the load
     r.config_resetstat()  # type: ignore[attr-defined]
@@ -112,23 +117,45 @@ def in_process_once(client: object, jobs: int, names: int, metrics: bool,
     return jobs / wall, cpu / jobs * 1e6, redis_us / jobs
 
 
+def one_in_process(url: str, jobs: int, names: int, metrics: bool, status: bool,
+                   tree: Path | None) -> tuple[float, float, float]:
+    """in_process_once in a fresh interpreter (with ``tree``'s prefork_work first)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        str(t) for t in (tree, ROOT, env.get("PYTHONPATH")) if t)
+    code = ("import json, redis; from benches.overhead import in_process_once; "
+            f"print(json.dumps(in_process_once(redis.Redis.from_url({url!r}), {jobs}, {names}, "
+            f"{metrics}, {status})))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"in-process run failed: {done.stderr[-2000:]}")
+    rate, cpu, rcpu = json.loads(done.stdout.strip().splitlines()[-1])
+    return rate, cpu, rcpu
+
+
 def in_process(args: argparse.Namespace) -> None:
-    variants = {"metrics off": (False, False), "default": (True, False), "status on": (True, True)}
+    variants: dict[str, tuple[bool, bool, Path | None]] = {
+        "metrics off": (False, False, None), "default": (True, False, None),
+        "status on": (True, True, None)}
+    if args.baseline:
+        variants = {"baseline": (False, False, args.baseline.resolve()), **variants}
     results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     server = PrivateRedis().start()
     try:
-        client = server.client()
         print(f"overhead in process: {args.jobs:,} no-op jobs, {args.names} names, batch 100, "
               f"{args.runs} runs interleaved", flush=True)
         for run in range(1, args.runs + 1):
-            for name, (metrics, status) in variants.items():
-                rate, cpu, rcpu = in_process_once(client, args.jobs, args.names, metrics, status)
+            for name, (metrics, status, tree) in variants.items():
+                rate, cpu, rcpu = one_in_process(server.tcp_url, args.jobs, args.names, metrics,
+                                                 status, tree)
                 results[name].append((rate, cpu, rcpu))
                 print(f"  run {run} {name:<12} {rate:>8,.0f} jobs/s  worker {cpu:5.2f} µs/job"
                       f"  Redis {rcpu:5.2f} µs/job", flush=True)
     finally:
         server.stop()
-    ref = [median(r[i] for r in results["metrics off"]) for i in range(3)]
+    reference = "baseline" if args.baseline else "metrics off"
+    ref = [median(r[i] for r in results[reference]) for i in range(3)]
     rows = []
     for name, rs in results.items():
         m = [median(r[i] for r in rs) for i in range(3)]
@@ -138,9 +165,10 @@ def in_process(args: argparse.Namespace) -> None:
                      f"{((m[1] + m[2]) / (ref[1] + ref[2]) - 1) * 100:+.1f}%"])
     print()
     table = print_table(
-        ["variant", "jobs/s", "vs off", "worker CPU µs/job", "vs off", "Redis CPU µs/job",
-         "vs off", "total CPU µs/job", "vs off"], rows,
-        title=f"status and metrics overhead, in process (median of {args.runs})")
+        ["variant", "jobs/s", "vs ref", "worker CPU µs/job", "vs ref", "Redis CPU µs/job",
+         "vs ref", "total CPU µs/job", "vs ref"], rows,
+        title=f"status and metrics overhead, in process (median of {args.runs}; "
+              f"ref = {reference})")
     write_json("overhead-in-process", {"args": {k: str(v) for k, v in vars(args).items()},
                                        "runs": results, "table": table}, args.json)
 
