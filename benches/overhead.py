@@ -2,7 +2,8 @@
 
     python -m benches.overhead [--jobs 100000] [--names 5] [--children 2] [--runs 5]
         [--baseline DIR] [--json PATH]
-    python -m benches.overhead --in-process [--jobs 50000] [--runs 5]
+    python -m benches.overhead --in-process [--jobs 50000] [--runs 5] [--baseline DIR]
+    python -m benches.overhead --instructions [--jobs 1000] [--baseline DIR]   # needs valgrind
 
 The throughput bench's workload and harness (benches/throughput.py: all jobs enqueued first,
 then the server started and timed until every job has run), with the prefork-work server in
@@ -21,6 +22,11 @@ Overheads are relative to ``metrics off`` (or to ``baseline`` when given).
 gives the worker's CPU time per job (``time.process_time``) and Redis's (its
 ``commandstats``). CPU time, unlike jobs/s, hardly moves with the load of other processes
 on a shared machine, so small overheads show through the noise.
+
+``--instructions`` counts instead of timing, under valgrind's callgrind: the worker
+process draining the jobs and Redis's script calls (every Redis command of the drain runs
+inside fetch.lua), for ``--jobs`` and three times as many jobs; the difference divided by
+the extra jobs is the cost per job, start-up excluded. Counts do not depend on the load.
 """
 
 from __future__ import annotations
@@ -84,37 +90,142 @@ class _Unobserved:
         pass
 
 
+def enqueue_jobs(client: object, jobs: int, names: int) -> None:
+    from prefork_work.enqueuer import Enqueuer
+
+    client.flushall()  # type: ignore[attr-defined]
+    enqueuer = Enqueuer("bench", client)  # type: ignore[arg-type]
+    for start in range(0, jobs, 1000):
+        enqueuer.enqueue_many((f"noop{i % names}", None) for i in range(start, min(jobs, start + 1000)))
+
+
+def drain_jobs(client: object, names: int, metrics: bool, status: bool) -> int:
+    """One Worker drains the queues at a fixed batch size (100); returns how many ran."""
+    import inspect
+
+    from prefork_work.app import App  # submodules: a baseline may predate the top-level names
+    from prefork_work.worker import Worker
+
+    app = App()
+    for i in range(names):
+        app.register(f"noop{i}", lambda job: None, **({"status": True} if status else {}))
+    options: dict[str, object] = {"metrics": metrics}
+    if "metrics" not in inspect.signature(Worker).parameters:
+        options = {}  # a baseline checkout from before the switch
+    worker = Worker(app, client, "bench", **options,  # type: ignore[arg-type]
+                    observer=_Unobserved(),  # the server observes through shared memory
+                    batch_seconds=1.0)  # the batch stays at max_batch whatever the load
+    return worker.drain()
+
+
 def in_process_once(client: object, jobs: int, names: int, metrics: bool,
                     status: bool) -> tuple[float, float, float]:
     """(jobs/s, worker CPU µs/job, Redis CPU µs/job) of one Worker draining ``jobs``."""
     import time
 
-    from prefork_work import App, Enqueuer, Worker
-
-    r = client
-    r.flushall()  # type: ignore[attr-defined]
-    app = App()
-    for i in range(names):
-        app.register(f"noop{i}", lambda job: None, **({"status": True} if status else {}))
-    enqueuer = Enqueuer("bench", r)  # type: ignore[arg-type]
-    for start in range(0, jobs, 1000):
-        enqueuer.enqueue_many((f"noop{i % names}", None) for i in range(start, min(jobs, start + 1000)))
-    import inspect
-
-    options: dict[str, object] = {"metrics": metrics}
-    if "metrics" not in inspect.signature(Worker).parameters:
-        options = {}  # a baseline checkout from before the switch
-    worker = Worker(app, r, "bench", **options,  # type: ignore[arg-type]
-                    observer=_Unobserved(),  # the server observes through shared memory
-                    batch_seconds=1.0)  # the batch stays at max_batch whatever the load
-    r.config_resetstat()  # type: ignore[attr-defined]
+    enqueue_jobs(client, jobs, names)
+    client.config_resetstat()  # type: ignore[attr-defined]
     cpu, wall = time.process_time(), time.perf_counter()
-    done = worker.drain()
+    done = drain_jobs(client, names, metrics, status)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    stats = r.info("commandstats")  # type: ignore[attr-defined]
+    stats = client.info("commandstats")  # type: ignore[attr-defined]
     redis_us = sum(v["usec"] for k, v in stats.items() if k.startswith("cmdstat_"))
     assert done == jobs, (done, jobs)
     return jobs / wall, cpu / jobs * 1e6, redis_us / jobs
+
+
+def _refs(text: str) -> int:
+    """The instruction count of a callgrind summary ("I   refs:      1,234")."""
+    for line in text.splitlines():
+        if "I   refs:" in line:
+            return int(line.rsplit(":", 1)[1].replace(",", "").strip())
+    raise SystemExit(f"no callgrind summary in: {text[-2000:]}")
+
+
+def instructions_once(jobs: int, names: int, metrics: bool, status: bool,
+                      tree: Path | None, tmp: Path) -> tuple[int, int]:
+    """(worker, Redis) instructions for draining ``jobs``: the worker's whole process and
+    Redis's script calls (EVALSHA: every Redis command of the drain runs in fetch.lua)."""
+    import shutil
+    import time
+
+    import redis as redis_py
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(str(t) for t in (tree, ROOT, env.get("PYTHONPATH")) if t)
+    sock = tmp / f"redis-{jobs}.sock"
+    redis_log = tmp / f"redis-{jobs}.log"
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--toggle-collect=evalGenericCommand",
+         f"--callgrind-out-file={tmp / 'redis.cg'}", shutil.which("redis-server") or "redis-server",
+         "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=open(redis_log, "w"))
+    url = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + 120
+        while not sock.exists():
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"redis-server under valgrind did not start: {redis_log}")
+            time.sleep(0.2)
+        prelude = "import redis; from benches.overhead import enqueue_jobs, drain_jobs; "
+        client = f"redis.Redis.from_url({url!r}, socket_timeout=600)"
+        subprocess.run([sys.executable, "-c", prelude + f"enqueue_jobs({client}, {jobs}, {names})"],
+                       env=env, cwd=ROOT, check=True, timeout=600)
+        worker = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp / 'worker.cg'}",
+             sys.executable, "-c",
+             prelude + f"assert drain_jobs({client}, {names}, {metrics}, {status}) == {jobs}"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        if worker.returncode != 0:
+            raise SystemExit(f"the drain failed: {worker.stderr[-2000:]}")
+        redis_py.Redis.from_url(url).shutdown(nosave=True)
+    except redis_py.ConnectionError:  # the reply to SHUTDOWN is the connection closing
+        pass
+    finally:
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return _refs(worker.stderr), _refs(redis_log.read_text())
+
+
+def instructions(args: argparse.Namespace) -> None:
+    """Instructions per job by callgrind: the same on a busy machine as on an idle one."""
+    import tempfile
+
+    small, large = args.jobs, 3 * args.jobs
+    variants = _variants(args)
+    rows = []
+    ref: tuple[float, float] | None = None
+    print(f"instructions per job (callgrind): drains of {small:,} and {large:,} no-op jobs, "
+          f"{args.names} names, batch 100; per job = difference / {large - small:,}", flush=True)
+    for name, (metrics, status, tree) in variants.items():
+        with tempfile.TemporaryDirectory(prefix="bench-ir-") as tmp:
+            w1, r1 = instructions_once(small, args.names, metrics, status, tree, Path(tmp))
+            w2, r2 = instructions_once(large, args.names, metrics, status, tree, Path(tmp))
+        worker, redis_ = (w2 - w1) / (large - small), (r2 - r1) / (large - small)
+        ref = ref or (worker, redis_)
+        print(f"  {name:<12} worker {worker:>9,.0f}  Redis {redis_:>9,.0f} instructions/job",
+              flush=True)
+        rows.append([name, round(worker), f"{(worker / ref[0] - 1) * 100:+.1f}%", round(redis_),
+                     f"{(redis_ / ref[1] - 1) * 100:+.1f}%", round(worker + redis_),
+                     f"{((worker + redis_) / sum(ref) - 1) * 100:+.1f}%"])
+    print()
+    table = print_table(
+        ["variant", "worker instr/job", "vs ref", "Redis instr/job", "vs ref", "total", "vs ref"],
+        rows, title=f"status and metrics overhead in instructions (ref = {next(iter(variants))})")
+    write_json("overhead-instructions", {"args": {k: str(v) for k, v in vars(args).items()},
+                                         "table": table}, args.json)
+
+
+def _variants(args: argparse.Namespace) -> dict[str, tuple[bool, bool, Path | None]]:
+    variants: dict[str, tuple[bool, bool, Path | None]] = {
+        "metrics off": (False, False, None), "default": (True, False, None),
+        "status on": (True, True, None)}
+    if args.baseline:
+        variants = {"baseline": (False, False, args.baseline.resolve()), **variants}
+    return variants
 
 
 def one_in_process(url: str, jobs: int, names: int, metrics: bool, status: bool,
@@ -135,11 +246,7 @@ def one_in_process(url: str, jobs: int, names: int, metrics: bool, status: bool,
 
 
 def in_process(args: argparse.Namespace) -> None:
-    variants: dict[str, tuple[bool, bool, Path | None]] = {
-        "metrics off": (False, False, None), "default": (True, False, None),
-        "status on": (True, True, None)}
-    if args.baseline:
-        variants = {"baseline": (False, False, args.baseline.resolve()), **variants}
+    variants = _variants(args)
     results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     server = PrivateRedis().start()
     try:
@@ -181,18 +288,26 @@ def in_process(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benches.overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--jobs", type=int,
+                        help="default 100000; --in-process 50000; --instructions 1000")
     parser.add_argument("--names", type=int, default=5)
     parser.add_argument("--children", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--baseline", type=Path, help="a checkout whose prefork_work to compare")
     parser.add_argument("--json", help="result file (default benches/bench-results/...)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="instructions per job under valgrind's callgrind (deterministic)")
     parser.add_argument("--in-process", action="store_true",
                         help="CPU per job of one in-process Worker instead of the server's jobs/s")
     args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 50_000 if args.in_process else 1_000 if args.instructions else 100_000
     if args.in_process:
         in_process(args)
+        return
+    if args.instructions:
+        instructions(args)
         return
 
     variants = [Variant("metrics off", "metrics = false"), Variant("default"),
