@@ -30,12 +30,12 @@ class Ack:
     outcome: Outcome
     score: int = 0
     payload: bytes = b""
-    job_id: str = ""
-    status: bytes = b""  # the job's status record (JSON), for job types that ask for one
 
 
 class QueueStore(RedisStore):
     """Enqueue and worker-side Redis operations of one namespace."""
+
+    _fetch_head: list[str] | None = None  # the fetch script's first keys, built once
 
     # --- enqueue ------------------------------------------------------------------------
     @translate_errors
@@ -103,6 +103,7 @@ class QueueStore(RedisStore):
         *,
         now: int = 0,
         count: bool = True,
+        statuses: Sequence[tuple[int, str, bytes]] = (),
         status_ttl: int = 0,
         increments: Mapping[str, int] | None = None,
     ) -> tuple[str | None, list[bytes]]:
@@ -114,11 +115,14 @@ class QueueStore(RedisStore):
         its own in-progress lists after a connection error instead).
 
         The same call counts the acknowledged outcomes in ``<p>pw:metrics`` (``count``),
-        adds ``increments`` to it, and writes the status record of every ack that carries
-        one to the status hash, kept ``status_ttl`` seconds past ``now``.
+        adds ``increments`` to it, and writes ``statuses`` — (index of the ack in ``acks``,
+        job id, record JSON) — to the status hash, kept ``status_ttl`` seconds past ``now``.
         """
-        k = self.keys
-        keys = [k.retry(), k.dead(), k.wake(), k.metrics(), k.status(), k.status_expiry()]
+        if self._fetch_head is None:
+            k = self.keys
+            self._fetch_head = [k.retry(), k.dead(), k.wake(), k.metrics(), k.status(),
+                                k.status_expiry()]
+        keys = self._fetch_head[:]
         group_of: dict[str, int] = {}
         for number, name in enumerate(order, start=1):
             keys.extend(group_keys[name])
@@ -127,10 +131,9 @@ class QueueStore(RedisStore):
         for ack in acks:
             extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
-        statuses = [(n, a.job_id, a.status) for n, a in enumerate(acks, start=1) if a.status]
         args.extend((now, status_ttl, 1 if count else 0, len(statuses)))
-        for number, job_id, record in statuses:
-            args.extend((number, job_id, record))
+        for index, job_id, record in statuses:
+            args.extend((index + 1, job_id, record))
         args.append(len(increments) if increments else 0)
         if increments:
             for field, value in increments.items():
