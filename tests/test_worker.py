@@ -639,6 +639,8 @@ def test_oversized_payload_goes_dead_without_reaching_the_worker(r) -> None:
     assert dead.err.startswith("malformed job: payload of ")
     assert "over server.max_payload_bytes (1000)" in dead.err
     assert Job.from_json(dead.args["malformed_payload"].encode()).id == big.id  # nothing lost
+    assert r.hget(K.metrics(), "dead:wat") == b"1"  # counted as any dead job
+    assert r.hget(K.metrics(), "processed:wat") == b"3"
     assert_clean_locks(r, worker, "wat")
 
 
