@@ -39,6 +39,9 @@ from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask,
 log = structlog.get_logger("prefork_work.server")
 
 OBSERVATION_INTERVAL = 1.0  # gocraft's observer flushes once a second
+# Children stop fetching once their master has been silent this long: its heartbeats (every
+# 5 s) stop with it, and a Go reaper takes a pool whose heartbeat is 10 s old for dead.
+MASTER_SILENCE = 3.0
 EMBEDDED_CHECK_INTERVAL = 1.0
 
 
@@ -88,6 +91,7 @@ class ChildRecord:
     worker_id: str
     started_at: int
     observed: str | None = None  # the slot label last written as an observation
+    checkin: bytes = b""  # the check-in (time and message) last written for that job
 
 
 def hard_timeout_of(job_type: JobType | None, grace: float) -> float | None:
@@ -104,8 +108,14 @@ class ScoreboardObserver:
     """Observes jobs through the child's shared-memory slot: no Redis, no syscall per job.
 
     The slot's extra blob holds the raw job bytes (decoded by the master only for the rare
-    job that is still running when observations are written) and, after a NUL, the check-in.
+    job that is still running when observations are written) and, after a check-in,
+    ``raw NUL checkin_at NUL message``: the time of the check-in travels with it, so that
+    Go's client and web UI see when the job last checked in, not when the master looked.
     """
+
+    # a check-in must fit the slot: past this the raw bytes are left out of it (their args
+    # were already observed, or were too long to be decoded from the slot anyway)
+    ROOM_FOR_RAW = 4096
 
     def __init__(self, ctx: ChildContext, grace: float) -> None:
         self.ctx = ctx
@@ -121,7 +131,41 @@ class ScoreboardObserver:
             yield
 
     def checkin(self, job: Job, message: str) -> None:
-        self.ctx.slot.note(self.raw + b"\0" + message.encode("utf-8", "replace"))
+        raw = self.raw if len(self.raw) <= self.ROOM_FOR_RAW else b""
+        self.ctx.slot.note(raw + b"\0" + str(int(time.time())).encode() + b"\0"
+                           + message.encode("utf-8", "replace"))
+
+
+class MasterWatch:
+    """The worker's ``quiet`` test in a child: quiet on TSTP, and while the master is frozen.
+
+    Called before every job, so it reads the shared memory at most every ``CHECK_EVERY``
+    seconds (a clock read otherwise, a fraction of a microsecond). A quiet worker fetches
+    nothing and gives its unstarted prefetched jobs back to their queues."""
+
+    CHECK_EVERY = 0.05
+
+    def __init__(self, ctx: ChildContext, limit: float) -> None:
+        self.ctx = ctx
+        self.limit = limit
+        self.next_check = 0.0
+
+    def __call__(self) -> bool:
+        ctx = self.ctx
+        now = time.monotonic()
+        if now < self.next_check:
+            return ctx.quiet or ctx.master_unresponsive
+        self.next_check = now + self.CHECK_EVERY
+        silent = ctx.master_silence()
+        if silent > self.limit:
+            if not ctx.master_unresponsive:
+                ctx.master_unresponsive = True
+                log.warning("master unresponsive; not fetching", master_pid=ctx.master_pid,
+                            silent_for=round(silent, 1))
+        elif ctx.master_unresponsive:
+            ctx.master_unresponsive = False
+            log.info("master responsive again; fetching", master_pid=ctx.master_pid)
+        return ctx.quiet or ctx.master_unresponsive
 
 
 class RedisOutage:
@@ -188,29 +232,37 @@ class WorkServer:
         record: ChildRecord = child.data["record"]
         now = time.time()
         state = child.slot.read()
+        running_requeued = False
         try:
             if state.busy and not info.clean:
-                self._settle_running_job(record, state.label, info, now)
+                running_requeued = self._settle_running_job(record, state.label, info, now)
             moved = self.reaper.reclaim_pool(record.pool_id, now, names=self.app.job_types)
             self.heartbeater.remove(record.pool_id, [record.worker_id])
         except PreforkWorkError as err:
             # The pool keeps its lists and heartbeat; the reaper takes it once it is stale.
             log.error("could not reclaim a dead child's jobs", pool_id=record.pool_id, error=str(err))
             return
-        if moved:
-            log.info("requeued a dead child's jobs", pool_id=record.pool_id, jobs=moved)
+        if moved:  # the one line for this pool (the reaper's reclaim_pool logs nothing)
+            job: dict[str, str] = {}
+            if running_requeued:
+                job_id, _, name = state.label.partition(" ")
+                job = {"job_id": job_id, "job_name": name}
+            log.info("requeued a dead child's jobs", pool_id=record.pool_id, jobs=moved,
+                     pid=child.pid, cause=info.cause or info.describe(), **job)
 
-    def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> None:
+    def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> bool:
+        """Judge the job a child died running; True when it goes back to its queue as it was."""
         job_id, _, name = label.partition(" ")
         if info.cause in ("shutdown timeout", "interrupted"):
-            return  # not the job's fault: reclaim_pool puts it back in its queue
+            return True  # not the job's fault: reclaim_pool puts it back in its queue
         if info.cause == "hard timeout":
             self._fail_hard_timeout(record.pool_id, name, job_id, now)
-            return
+            return False
         verdict = self.reaper.record_crash(record.pool_id, name, job_id, info.describe(),
                                            self.config.server.max_crashes, now)
         log.warning("a job's process died under it", job_id=job_id, job_name=name,
                     cause=info.describe(), verdict=verdict)
+        return verdict == "requeued"
 
     def _fail_hard_timeout(self, pool_id: str, name: str, job_id: str, now: float) -> None:
         job_type = self.app.job_types.get(name)
@@ -301,8 +353,16 @@ class WorkServer:
                 # than die and send the master into crash-loop backoff over an outage
                 outage.wait(err)
         ctx.ready()
-        worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
-                    quiet=lambda: ctx.quiet, max_jobs=ctx.max_jobs)
+        try:
+            worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
+                        quiet=MasterWatch(ctx, MASTER_SILENCE), max_jobs=ctx.max_jobs)
+        except Interrupted:
+            # a fast stop (INT/QUIT): the worker has put the job back at the front of its
+            # queue with the unstarted rest of its batch (or, if Redis failed it, the
+            # master reclaims them when this child is gone)
+            job_id, _, name = ctx.interrupted_label.partition(" ")
+            log.info("interrupted; the job goes back to its queue", job_id=job_id, job_name=name)
+            raise
         return 0
 
     def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:
@@ -321,15 +381,14 @@ class WorkServer:
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
+            max_payload_bytes=self.config.server.max_payload_bytes,
         )
 
     # --- periodic work ----------------------------------------------------------------------------
     def _reap(self, now: float) -> None:
         if not self.reaped_local:
             # a master restarting on this host takes its predecessor's orphans at once
-            moved = self.reaper.reap_local_orphans(self.host, now)
-            if moved:
-                log.info("requeued jobs of this host's dead pools", jobs=moved)
+            self.reaper.reap_local_orphans(self.host, now)  # logs each pool it reclaims
             self.reaped_local = True
         self.reaper.tick(now)
 
@@ -374,8 +433,12 @@ class WorkServer:
                     started.append((record.worker_id, name, job_id, int(state.started_at),
                                     _observation_args(raw)))
                     record.observed = state.label
-                if checkin:
-                    checkins.append((record.worker_id, checkin.decode("utf-8", "replace"), int(now)))
+                    record.checkin = b""
+                if checkin and checkin != record.checkin:  # written when it changes, as Go's
+                    at, _, message = checkin.partition(b"\0")
+                    checkins.append((record.worker_id, message.decode("utf-8", "replace"),
+                                     int(at) if at.isdigit() else int(now)))
+                    record.checkin = checkin
             elif record.observed is not None:
                 idle.append(record.worker_id)
                 record.observed = None

@@ -225,6 +225,41 @@ def test_requeuer_sends_undecodable_members_to_dead(r) -> None:
     assert r.zcard(K.scheduled()) == 0
 
 
+def test_requeuer_moves_a_bad_member_to_dead_and_the_rest_of_its_batch_on(r) -> None:
+    # a member nested past the recursion limit aborted the whole batch every second: no
+    # scheduled, retry or periodic job due after it ever ran (issue 7 item 1)
+    deep = b'{"name":"ok","id":"d","t":1,"args":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    deep_args = b'{"name":"ok","id":"e","t":1,"args":{"a":' + b"[" * 700 + b"]" * 700 + b"}}"
+    for zset in (K.scheduled(), K.retry()):
+        r.zadd(zset, {deep: NOW - 5, deep_args: NOW - 4, b"\xff\xfe": NOW - 3,
+                      job_bytes("ok", zset): NOW - 1})
+    assert Requeuer(store(r)).tick(NOW) == 2
+    assert sorted(Job.from_json(m).id for m in r.lrange(K.jobs("ok"), 0, -1)) == sorted(
+        [K.scheduled(), K.retry()])
+    dead = [Job.from_json(m) for m in r.zrange(K.dead(), 0, -1)]
+    assert len(dead) == 6 and all(d.err.startswith("malformed job") for d in dead)
+    assert all(len(d.err) < 120 for d in dead)
+    assert sum("nested too deeply" in d.err for d in dead) == 4
+    assert r.zcard(K.scheduled()) == 0 and r.zcard(K.retry()) == 0
+
+
+def test_requeuer_sends_a_name_that_makes_another_key_to_dead(r) -> None:
+    # "hello:lock" makes <p>jobs:hello:lock, the lock of "hello": the script's LPUSH failed
+    # with WRONGTYPE after its ZREM, and the job was gone (issue 12 item 4)
+    r.set(K.lock("hello"), 1)
+    r.hset(K.jobs("hello") + ":lock_info", "p", 1)
+    bad = [job_bytes("hello:lock", "1"), job_bytes("hello:lock_info", "2")]
+    for zset in (K.scheduled(), K.retry()):
+        r.zadd(zset, {bad[0]: NOW - 3, bad[1]: NOW - 2, job_bytes("ok", zset): NOW - 1})
+    assert Requeuer(store(r)).tick(NOW) == 2
+    assert r.llen(K.jobs("ok")) == 2
+    assert r.get(K.lock("hello")) == b"1"
+    dead = [Job.from_json(m) for m in r.zrange(K.dead(), 0, -1)]
+    assert sorted(d.args["malformed_payload"].encode() for d in dead) == sorted(bad * 2)
+    assert all("holds another type" in d.err for d in dead)
+    assert r.zcard(K.scheduled()) == 0 and r.zcard(K.retry()) == 0
+
+
 def test_requeuer_handles_more_than_a_batch(r) -> None:
     r.zadd(K.retry(), {job_bytes("a", str(i)): NOW - 1 for i in range(1203)})
     assert Requeuer(store(r)).tick(NOW) == 1203

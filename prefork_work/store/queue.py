@@ -98,8 +98,14 @@ class QueueStore(RedisStore):
         group_keys: dict[str, list[str]],
         want: int,
         acks: Sequence[Ack],
+        max_payload_bytes: int = 0,
+        max_batch_bytes: int = 0,
     ) -> tuple[str | None, list[bytes]]:
         """Acknowledge ``acks`` and fetch up to ``want`` jobs from the first eligible queue.
+
+        An entry over ``max_payload_bytes`` (0: no limit) goes to the dead set instead of
+        being returned; the batch stops early once its payloads reach ``max_batch_bytes``
+        (0: no limit; the first job is always taken).
 
         ``order`` is the priority-sampled order of job names; every acked job's name must be
         among them. Returns (name of the queue served or None, raw jobs oldest first).
@@ -111,7 +117,8 @@ class QueueStore(RedisStore):
         for number, name in enumerate(order, start=1):
             keys.extend(group_keys[name])
             group_of[name] = number
-        args: list[bytes | str | int] = [pool_id, want, len(acks)]
+        args: list[bytes | str | int] = [pool_id, want, max_payload_bytes,
+                                         max_batch_bytes or 2**53, len(acks)]
         for ack in acks:
             extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
