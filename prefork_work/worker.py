@@ -156,6 +156,7 @@ class Worker:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         release_after: float | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not app.job_types:
             raise ValueError("the app registers no job types: nothing to work on")
@@ -165,6 +166,8 @@ class Worker:
         self.pool_id = pool_id or make_identifier()
         self.worker_id = worker_id or make_identifier()
         self.clock = clock
+        # measures job durations (batch size, watchdog); a test passes a fake one
+        self.timer = timer
         self.observer: Observer = observer or RedisObserver(self.store, self.worker_id, clock)
         self.max_batch = max(1, max_batch)
         self.batch_seconds = batch_seconds
@@ -348,7 +351,7 @@ class Worker:
             queue, raw = self.buffer.popleft()
         except IndexError:
             return False
-        started = self._running_since = time.perf_counter()
+        started = self._running_since = self.timer()
         if self._watchdog_parked and self.buffer:
             self._watchdog_parked = False  # one wake-up, not one per job until it runs
             self._watchdog_wake.set()
@@ -364,7 +367,7 @@ class Worker:
             self._running_since = 0.0
         self.acks.append(ack)
         self.jobs_done += 1
-        seconds = time.perf_counter() - started
+        seconds = self.timer() - started
         self._adapt_batch(seconds)
         if seconds > SIGMASK_CHECK_AFTER or not self.buffer:
             self._restore_sigmask()
@@ -398,7 +401,7 @@ class Worker:
         if error is None:
             if self.log_success:
                 self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
-                               duration=round(time.perf_counter() - started, 6))
+                               duration=round(self.timer() - started, 6))
             return Ack(queue, raw, "s")
         return self._failed(queue, raw, job, job_type, error, int(self.clock()))
 
@@ -539,7 +542,7 @@ class Worker:
                 self._watchdog_parked = False
                 continue
             since = self._running_since
-            waited = time.perf_counter() - since if since else 0.0
+            waited = self.timer() - since if since else 0.0
             if since and waited >= limit:
                 self._release_unstarted(since)  # afterwards the buffer is empty: park
             else:
