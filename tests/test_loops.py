@@ -13,7 +13,7 @@ from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.keys import Keys
 from prefork_work.loops.heartbeater import Heartbeater, PoolInfo
-from prefork_work.loops.periodic import PeriodicEnqueuer
+from prefork_work.loops.periodic import HORIZON_SECONDS, PeriodicEnqueuer, should_enqueue
 from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
 from prefork_work.store.pools import PoolStore
@@ -288,12 +288,12 @@ def test_periodic_go_vector_and_second_run(r, monkeypatch) -> None:
             1468359472.0) in members
     assert r.get(K.last_periodic_enqueue()) == str(now).encode()
     assert pe.tick(now + 1) == 0  # not due: last run 1 s ago
-    assert not cron.should_enqueue(r.get(K.last_periodic_enqueue()), now + 1)
-    assert cron.should_enqueue(r.get(K.last_periodic_enqueue()), now + 12)
+    assert not should_enqueue(r.get(K.last_periodic_enqueue()), now + 1)
+    assert should_enqueue(r.get(K.last_periodic_enqueue()), now + 12)
     pe.tick(now + 12)
     assert r.zcard(K.scheduled()) == 20 + len(
-        [t for t in cron.slots(pe.jobs[0][2], now + 12) if t >= now + 240]
-        + [t for t in cron.slots(pe.jobs[1][2], now + 12) if t >= now + 240])
+        [t for t in cron.slots(pe.jobs[0][2], now + 12, HORIZON_SECONDS) if t >= now + 240]
+        + [t for t in cron.slots(pe.jobs[1][2], now + 12, HORIZON_SECONDS) if t >= now + 240])
 
 
 def test_periodic_runs_from_vectors(r, vectors, monkeypatch) -> None:
