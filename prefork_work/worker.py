@@ -20,9 +20,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
 import structlog
 
 from prefork_work.app import App, JobType
@@ -37,6 +36,9 @@ from prefork_work.errors import (
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
 from prefork_work.store.queue import Ack, QueueStore
+
+if TYPE_CHECKING:
+    import redis
 
 log = structlog.get_logger("prefork_work.worker")
 

@@ -144,10 +144,14 @@ def test_reclaim_pool_at_once_and_local_orphans(r) -> None:
     r.hset(K.heartbeat("orphan"), mapping={"host": "here", "pid": 999999})
     make_pool(r, "alive", NOW, "a", {"a": [job_bytes("a", "4")]})
     r.hset(K.heartbeat("alive"), mapping={"host": "here", "pid": 1})
+    # another host's pool with a pid that is dead *here*: its own host judges it, not us
+    make_pool(r, "elsewhere", NOW, "a", {"a": [job_bytes("a", "5")]})
+    r.hset(K.heartbeat("elsewhere"), mapping={"host": "there", "pid": 999999})
     moved = reaper.reap_local_orphans("here", NOW, pid_alive=lambda pid: pid == 1)
     assert moved == 1
     assert r.llen(K.jobs("a")) == 3
     assert r.llen(K.in_progress("a", "alive")) == 1
+    assert r.llen(K.in_progress("a", "elsewhere")) == 1 and r.exists(K.heartbeat("elsewhere"))
 
 
 def test_record_crash_until_poison_job_is_dead(r) -> None:
@@ -200,6 +204,20 @@ def test_requeuer_moves_due_jobs_whatever_their_name(r) -> None:
     assert r.llen(K.jobs("wat")) == 2 and r.llen(K.jobs("foo")) == 1 and r.llen(K.jobs("bar")) == 0
     assert r.zcard(K.scheduled()) == 2
     assert abs(Job.from_json(r.lindex(K.jobs("foo"), 0)).t - now) <= 2
+
+
+def test_two_requeuers_racing_on_one_member_queue_it_once(r) -> None:
+    # both read the due member; the second's ZREM removes nothing, so it must write nothing
+    # (and a member sent to dead likewise)
+    member, garbage = job_bytes("wat", "1"), b"garbage"
+    r.zadd(K.retry(), {member: NOW - 1, garbage: NOW - 1})
+    moves = [(member, job_bytes("wat", "1"), K.jobs("wat")), (garbage, b"dead bytes", K.dead())]
+    first, second = store(r), store(r)
+    assert first.move_due(K.retry(), NOW, moves) == 1
+    assert second.move_due(K.retry(), NOW, moves) == 0
+    assert r.lrange(K.jobs("wat"), 0, -1) == [job_bytes("wat", "1")]
+    assert r.zrange(K.dead(), 0, -1) == [b"dead bytes"]
+    assert r.llen(K.wake()) == 1
 
 
 def test_requeuer_keeps_unknown_names_and_exact_bytes(r) -> None:

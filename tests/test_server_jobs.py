@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import read_records, wait_until
+from conftest import Master, read_records, stop_all, wait_until
 
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
@@ -76,8 +74,9 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Server:
+class Server(Master):
     def __init__(self, tmp_path: Path, redis_url: str, **options: object) -> None:
+        super().__init__()
         self.evidence = tmp_path / "evidence.log"
         (tmp_path / "sj_app.py").write_text(APP)
         settings = {"namespace": NS, "app": "sj_app:app", "python_path": [str(tmp_path)],
@@ -100,32 +99,11 @@ class Server:
         wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
         return self
 
-    def children(self) -> list[int]:
-        assert self.process is not None
-        try:
-            found = psutil.Process(self.process.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        pids = []
-        for child in found:
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    pids.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        return sorted(pids)
+    def child_pids(self) -> list[int]:
+        return sorted(child.pid for child in self.children())
 
     def records(self) -> list[dict]:
         return read_records(self.evidence)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
 
 
 @pytest.fixture
@@ -138,8 +116,7 @@ def server(tmp_path, redis_url, r):
         return srv.start()
 
     yield make
-    for srv in started:
-        srv.stop()
+    stop_all(started)
 
 
 def deep_payload(name: str, levels: int) -> bytes:
@@ -151,7 +128,7 @@ def test_deep_payloads_go_dead_and_no_child_dies(server, r) -> None:
     # a payload nested 5,000 deep killed every child that fetched it, and in the scheduled
     # or retry set stopped the requeuer (issue 7 item 1)
     srv = server()
-    children = srv.children()
+    children = srv.child_pids()
     r.lpush(K.jobs("record"), deep_payload("record", 5_000))
     r.zadd(K.scheduled(), {deep_payload("record", 100_000): time.time() - 1})
     r.zadd(K.retry(), {deep_payload("record", 1_000): time.time() - 1})
@@ -163,7 +140,7 @@ def test_deep_payloads_go_dead_and_no_child_dies(server, r) -> None:
         dead = Job.from_json(member)
         assert dead.err.startswith("malformed job: invalid JSON: nested too deeply")
         assert dead.args["malformed_payload"].startswith('{"name":"record","id":"deep-')
-    assert srv.children() == children  # no child died, none was replaced
+    assert srv.child_pids() == children  # no child died, none was replaced
     assert not list(r.scan_iter(match=K.in_progress("*", "*")))  # nothing stuck in progress
     assert b"child failed" not in srv.log.read_bytes()
 
