@@ -351,3 +351,27 @@ def test_enqueuer_scheduled_job_reaches_a_worker_via_requeuer(r) -> None:
     Requeuer(store(r)).tick(time.time())
     Worker(app, r, NS, idle_waits=(0.01,)).drain()
     assert ran == [{"x": 1}]
+
+
+def test_scripts_take_the_wake_cap_from_the_store(r, monkeypatch) -> None:
+    # the cap is an argument of every script that wakes workers, not a number in the Lua
+    import prefork_work.store.base as base_module
+    import prefork_work.store.pools as pools_module
+    import prefork_work.store.queue as queue_module
+
+    for module in (base_module, pools_module, queue_module):
+        monkeypatch.setattr(module, "WAKE_TOKENS_MAX", 5)
+    make_pool(r, "gone", NOW, "a", {"a": [job_bytes("a", str(i)) for i in range(9)]})
+    assert store(r).reclaim_pool("gone", ["a"]) == 9
+    assert r.llen(K.wake()) == 5
+    r.delete(K.wake())
+    r.zadd(K.scheduled(), {job_bytes("a", f"s{i}"): NOW - 1 for i in range(9)})
+    assert Requeuer(store(r)).tick(NOW) == 9
+    assert r.llen(K.wake()) == 5
+    r.delete(K.wake())
+    from prefork_work.store.queue import QueueStore
+
+    queue = QueueStore(r, K)
+    for i in range(7):
+        assert queue.push_unique("a", K.unique("a", {"i": i}), job_bytes("a", f"u{i}"), b"1", None)
+    assert r.llen(K.wake()) == 5
