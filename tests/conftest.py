@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+import structlog
 
 from prefork_work.connection import redis_from_url
 from prefork_work.embedded import EmbeddedRedis
@@ -32,6 +33,16 @@ class RedisServer(EmbeddedRedis):
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that configures logging in-process (configure_logging) leaves no trace: the
+    next test sees the configuration it would have seen alone (a worker decides at birth
+    whether to write its debug lines)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

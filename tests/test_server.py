@@ -174,7 +174,7 @@ def test_jobs_flow_and_heartbeats_are_go_readable(server, r) -> None:
     for pool in pools:
         beat = r.hgetall(K.heartbeat(pool.decode()))
         assert int(beat[b"heartbeat_at"]) > time.time() - 10
-        assert beat[b"job_names"] == b"hog,poison,record,sleep,stuck"
+        assert beat[b"job_names"] == b"hog,poison,record,sleep,stuck,stuck_dropped,stuck_last"
         assert beat[b"concurrency"] == b"1"
         assert int(beat[b"pid"]) in {c.pid for c in srv.children()}
         assert beat[b"host"] == socket.gethostname().encode()
