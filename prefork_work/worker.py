@@ -23,9 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
 import structlog
 
 from prefork_work.app import App, JobType
@@ -40,6 +39,9 @@ from prefork_work.errors import (
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
 from prefork_work.store.queue import Ack, QueueStore
+
+if TYPE_CHECKING:
+    import redis
 
 log = structlog.get_logger("prefork_work.worker")
 
@@ -167,6 +169,7 @@ class Worker:
         metrics: bool = True,
         status_ttl: int = DEFAULT_STATUS_TTL,
         host: str | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not app.job_types:
             raise ValueError("the app registers no job types: nothing to work on")
@@ -176,6 +179,8 @@ class Worker:
         self.pool_id = pool_id or make_identifier()
         self.worker_id = worker_id or make_identifier()
         self.clock = clock
+        # measures job durations (batch size, watchdog); a test passes a fake one
+        self.timer = timer
         self.observer: Observer = observer or RedisObserver(self.store, self.worker_id, clock)
         self.max_batch = max(1, max_batch)
         self.batch_seconds = batch_seconds
@@ -377,7 +382,7 @@ class Worker:
             queue, raw = self.buffer.popleft()
         except IndexError:
             return False
-        started = self._running_since = time.perf_counter()
+        started = self._running_since = self.timer()
         if self._watchdog_parked and self.buffer:
             self._watchdog_parked = False  # one wake-up, not one per job until it runs
             self._watchdog_wake.set()
@@ -393,7 +398,7 @@ class Worker:
             self._running_since = 0.0
         self.acks.append(ack)
         self.jobs_done += 1
-        seconds = time.perf_counter() - started
+        seconds = self.timer() - started
         if self.metrics:
             counts = self.histogram.get(queue)
             if counts is None:
@@ -451,7 +456,7 @@ class Worker:
         if error is None:
             if self.log_success:
                 self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
-                               duration=round(time.perf_counter() - started, 6))
+                               duration=round(self.timer() - started, 6))
             return Ack(queue, raw, "s")
         return self._failed(queue, raw, job, job_type, error, int(self.clock()))
 
@@ -625,7 +630,7 @@ class Worker:
                 self._watchdog_parked = False
                 continue
             since = self._running_since
-            waited = time.perf_counter() - since if since else 0.0
+            waited = self.timer() - since if since else 0.0
             if since and waited >= limit:
                 self._release_unstarted(since)  # afterwards the buffer is empty: park
             else:
