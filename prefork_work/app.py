@@ -40,6 +40,7 @@ class JobType:
     # with jobs_per_child > 1 a sync handler runs in the child's thread pool; False runs it
     # alone on the child's main thread (for code that is not thread-safe)
     threads: bool = True
+    status: bool = False  # record each run's outcome for Client.job_status (README "Job status")
 
     @property
     def is_async(self) -> bool:
@@ -92,6 +93,7 @@ class App:
         timeout: float | None = None,
         hard_timeout: float | None = None,
         threads: bool = True,
+        status: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering ``fn(job)`` (a function or an ``async def``) as the handler
         of ``name``; ``threads=False`` keeps a sync handler off the thread pool."""
@@ -108,6 +110,7 @@ class App:
                 timeout=timeout,
                 hard_timeout=hard_timeout,
                 threads=threads,
+                status=status,
             )
             return fn
 
@@ -169,6 +172,8 @@ def _problem(t: JobType) -> str | None:
         return f"threads must be a bool, got {t.threads!r}"
     if not isinstance(t.skip_dead, bool):
         return f"skip_dead must be a bool, got {t.skip_dead!r}"
+    if not isinstance(t.status, bool):
+        return f"status must be a bool, got {t.status!r}"
     if t.backoff is not None and not callable(t.backoff):
         return f"backoff must be callable, got {t.backoff!r}"
     for option in ("timeout", "hard_timeout"):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-
-import redis.asyncio
+from typing import TYPE_CHECKING, Any
 
 from prefork_work.enqueuer import JobMaker, ScheduledJob
 from prefork_work.job import Job
 from prefork_work.store.async_queue import AsyncQueueStore
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 
 class AsyncEnqueuer(JobMaker):

@@ -116,6 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "max_memory_per_child", int, 0, "recycle a child whose RSS exceeds this many MiB; 0 = never", _non_negative),
     Setting("server", "jobs_per_child", int, 1, f"jobs each child runs at once (1 to {MAX_JOBS_PER_CHILD}): async def jobs on an event loop, sync jobs in a thread pool of this size; 1 = one job at a time", _jobs_per_child),
     Setting("server", "max_payload_bytes", int, 16 * 1024 * 1024, "a job payload larger than this many bytes is never run: it goes to the dead set with an error; 0 = no limit", _non_negative),
+    Setting("server", "status_ttl", int, 86400, "seconds a finished job's status record is kept (job types registered with status=True)", _positive),
+    Setting("server", "metrics", bool, True, "count job outcomes and durations in Redis for /metrics (false saves their small cost)"),
     Setting("server", "state_dir", str, "", "directory for the embedded Redis's data; empty: $STATE_DIRECTORY (systemd) or ./var next to this file"),
     Setting("log", "format", str, "auto", '"json" (one object per line), "console" (readable), or "auto" (console on a terminal)', _one_of("json", "console", "auto")),
     Setting("log", "level", str, "info", "debug, info, warning or error", _one_of("debug", "info", "warning", "error")),
@@ -149,6 +151,8 @@ class ServerConfig:
     state_dir: str
     max_payload_bytes: int = 16 * 1024 * 1024
     jobs_per_child: int = 1
+    status_ttl: int = 86400
+    metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,8 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
             state_dir=str((base / state_dir).resolve()),
             max_payload_bytes=values["server.max_payload_bytes"],
             jobs_per_child=values["server.jobs_per_child"],
+            status_ttl=values["server.status_ttl"],
+            metrics=values["server.metrics"],
         ),
         log=LogConfig(values["log.format"], values["log.level"]),
     )

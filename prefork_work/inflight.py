@@ -27,21 +27,21 @@ alone next time, so only a job that kills a process by itself is counted (``max_
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import inspect
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from prefork_work.app import App, JobType, is_async_callable
 from prefork_work.errors import JobTimeout, RedisUnavailable
 from prefork_work.job import Job
 from prefork_work.store.queue import Ack
 from prefork_work.worker import (
+    DURATION_BUCKETS,
+    FIRST_BUCKET,
     REDIS_RETRY_WAITS,
     STRAY_JOB_ERROR,
     Observer,
@@ -49,6 +49,9 @@ from prefork_work.worker import (
     Worker,
     soft_timeout,
 )
+
+if TYPE_CHECKING:
+    import redis
 
 # The payload field that marks a job to run alone (it shared a process that died). A field
 # of the job's JSON, kept by prefork-work's round trips (Go's client would drop it).
@@ -182,6 +185,8 @@ class ConcurrentWorker(Worker):
                     # finished job must not wait long in the in-progress list
                     self.flush()
             except RedisUnavailable as err:
+                if self.metrics:
+                    self._count("redis_errors")
                 if outage_failures == 0:
                     self.log.warning("redis unavailable; retrying", error=str(err))
                 await self._wait(REDIS_RETRY_WAITS[min(outage_failures, len(REDIS_RETRY_WAITS) - 1)])
@@ -194,6 +199,8 @@ class ConcurrentWorker(Worker):
                 try:
                     self._wait_for_work()
                 except RedisUnavailable as err:
+                    if self.metrics:
+                        self._count("redis_errors")
                     self.log.warning("redis unavailable; retrying", error=str(err))
                     await asyncio.sleep(REDIS_RETRY_WAITS[0])
         # a graceful stop: every job in flight finishes (the master kills us at its
@@ -270,9 +277,10 @@ class ConcurrentWorker(Worker):
             self._wake.set_result(None)
 
     async def _run_slot(self, slot: int, start: _Start) -> None:
-        began = time.perf_counter()
+        began = self.timer()
+        status: tuple[str, bytes] | None = None
         try:
-            ack = await self._execute_async(slot, start, began)
+            ack, status = await self._execute_async(slot, start, began)
         except asyncio.CancelledError:
             if self.interrupting:
                 return  # _interrupt() has put it back in its queue
@@ -293,13 +301,30 @@ class ConcurrentWorker(Worker):
         finally:
             if start.alone:
                 self.alone_running = False
+                # it ran on the main thread: undo a change of its signal mask (Worker's rule)
+                self._restore_sigmask()
         if self.interrupting:
             return
         self.in_flight.pop(slot, None)
         self.free.append(slot)
         if ack is not None:
+            if status is not None:  # the index its ack is about to have, as Worker does
+                self.statuses.append((len(self.acks), *status))
             self.acks.append(ack)
             self.jobs_done += 1
+            if self.metrics:
+                self._time(start.queue, self.timer() - began)
+
+    def _time(self, queue: str, seconds: float) -> None:
+        """The job's duration in the histogram sent with the next fetch (Worker._process_next)."""
+        counts = self.histogram.get(queue)
+        if counts is None:
+            counts = self.histogram[queue] = [0] * (len(DURATION_BUCKETS) + 2)
+        if seconds <= FIRST_BUCKET:
+            counts[0] += 1
+        else:
+            counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
 
     async def _interrupt(self) -> None:
         """A fast stop: every job in flight and every unstarted one goes back to its queue."""
@@ -318,6 +343,7 @@ class ConcurrentWorker(Worker):
         except RedisUnavailable as err:  # the master reclaims them when this child is gone
             self.log.warning("could not requeue on interrupt", error=str(err))
         self.acks = []
+        self.statuses = []  # their acks are gone with them
         self.stop_requested = True
 
     def _recover(self) -> None:
@@ -332,14 +358,16 @@ class ConcurrentWorker(Worker):
         self.needs_recovery = False
 
     # --- running one job ------------------------------------------------------------------------
-    async def _execute_async(self, slot: int, start: _Start, began: float) -> Ack:
+    async def _execute_async(self, slot: int, start: _Start,
+                             began: float) -> tuple[Ack, tuple[str, bytes] | None]:
+        """The job's ack, and (job id, status record) when its type asks for one."""
         queue, raw = start.queue, start.raw
         now = int(self.clock())
         if start.job is None:
             try:
                 Job.from_json(raw)
             except Exception as err:  # noqa: BLE001 - nothing read from Redis kills a child
-                return self._malformed(queue, raw, err, now)
+                return self._malformed(queue, raw, err, now), None
         job = start.job
         assert job is not None
         try:
@@ -349,21 +377,26 @@ class ConcurrentWorker(Worker):
         except self._passthrough:
             raise
         except Exception as err:  # noqa: BLE001
-            return self._malformed(queue, raw, err, now)
+            return self._malformed(queue, raw, err, now), None
         if job_type is None:
-            return self._dead(queue, raw, job, STRAY_JOB_ERROR, now)
+            return self._dead(queue, raw, job, STRAY_JOB_ERROR, now), None
         if job.extra:
             job.extra.pop(ISOLATE, None)  # it runs alone now; a retry of it need not
         observer = self.observers[slot]
         job._checkin_hook = observer.checkin
+        run_began = self.timer()
         with observer.observe(job, job_type):
             error = await self._run_async(job, job_type, start.alone)
         if error is None:
             if self.log_success:
                 self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
-                               duration=round(time.perf_counter() - began, 6))
-            return Ack(queue, raw, "s")
-        return self._failed(queue, raw, job, job_type, error, int(self.clock()))
+                               duration=round(self.timer() - began, 6))
+            ack = Ack(queue, raw, "s")
+        else:
+            ack = self._failed(queue, raw, job, job_type, error, int(self.clock()))
+        if not job_type.status:
+            return ack, None
+        return ack, (job.id, self._status_record(job, ack, now, self.timer() - run_began))
 
     async def _run_async(self, job: Job, job_type: JobType, alone: bool) -> BaseException | None:
         """Middleware and handler; a job's exception becomes its outcome, as in Worker._run."""

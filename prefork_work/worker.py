@@ -12,17 +12,19 @@ stays in that list until it is acknowledged, so a process that dies loses nothin
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import json
 import logging
 import random
 import signal
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
 import structlog
 
 from prefork_work.app import App, JobType
@@ -38,9 +40,17 @@ from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
 from prefork_work.store.queue import Ack, QueueStore
 
+if TYPE_CHECKING:
+    import redis
+
 log = structlog.get_logger("prefork_work.worker")
 
 STRAY_JOB_ERROR = "stray job: no handler"
+DEFAULT_STATUS_TTL = 86400
+# upper bounds (seconds) of the job duration histogram: prometheus_client's defaults
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FIRST_BUCKET = DURATION_BUCKETS[0]
+STATES = {"s": "done", "r": "retry", "d": "dead", "x": "dead"}
 DEFAULT_IDLE_WAITS = (0.05, 0.25, 1.0)  # blocking waits on the wake list, not sleeps
 REDIS_RETRY_WAITS = (0.1, 0.25, 0.5, 1.0, 2.0)
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # [server] max_payload_bytes
@@ -156,6 +166,10 @@ class Worker:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         release_after: float | None = None,
+        metrics: bool = True,
+        status_ttl: int = DEFAULT_STATUS_TTL,
+        host: str | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not app.job_types:
             raise ValueError("the app registers no job types: nothing to work on")
@@ -165,6 +179,8 @@ class Worker:
         self.pool_id = pool_id or make_identifier()
         self.worker_id = worker_id or make_identifier()
         self.clock = clock
+        # measures job durations (batch size, watchdog); a test passes a fake one
+        self.timer = timer
         self.observer: Observer = observer or RedisObserver(self.store, self.worker_id, clock)
         self.max_batch = max(1, max_batch)
         self.batch_seconds = batch_seconds
@@ -185,6 +201,16 @@ class Worker:
         # nothing for it (configure logging before building the worker to change it)
         enabled = getattr(self.log, "is_enabled_for", None)
         self.log_success = enabled(logging.DEBUG) if enabled is not None else True
+        # counters ride the next fetch call: outcomes are counted by the script itself,
+        # the duration histogram and Redis errors are summed here (see lua/fetch.lua)
+        self.metrics = metrics
+        self.increments: dict[str, int] = {}
+        # queue -> counts per duration bucket, then the sum of seconds: cheap per job, turned
+        # into counter fields once per batch (_drain_histogram)
+        self.histogram: dict[str, list[float]] = {}
+        self.statuses: list[tuple[int, str, bytes]] = []  # (index in acks, job id, record)
+        self.status_ttl = status_ttl
+        self.host = host or socket.gethostname()
 
         self.buffer: deque[tuple[str, bytes]] = deque()  # fetched, not started: (queue, raw)
         self.acks: list[Ack] = []  # finished, not yet acknowledged
@@ -263,6 +289,8 @@ class Worker:
                     else:
                         self._wait_for_work()
                 except RedisUnavailable as err:
+                    if self.metrics:
+                        self._count("redis_errors")
                     self.outage.wait(err)
         finally:
             self.close()
@@ -272,8 +300,8 @@ class Worker:
         self.stop_requested = True
 
     def flush(self) -> None:
-        """Acknowledge every finished job now."""
-        if self.acks:
+        """Acknowledge every finished job now (and send pending counters)."""
+        if self.acks or self.increments or self.histogram:
             self._call_fetch(want=0)
 
     def close(self) -> None:
@@ -300,11 +328,15 @@ class Worker:
 
     def _call_fetch(self, want: int) -> int:
         acks = self.acks
+        if self.histogram:
+            self._drain_histogram()
         try:
             with self._fetch_lock:
                 queue, jobs = self.store.fetch(
                     self.pool_id, self.sampler.sample(), self.group_keys, want, acks,
                     max_payload_bytes=self.max_payload_bytes, max_batch_bytes=self.max_batch_bytes,
+                    now=int(self.clock()), count=self.metrics, statuses=self.statuses,
+                    status_ttl=self.status_ttl, increments=self.increments,
                 )
         except RedisUnavailable:
             # The call may or may not have run in Redis. Acks are safe to resend (an entry
@@ -313,6 +345,8 @@ class Worker:
             self.needs_recovery = True
             raise
         self.acks = []
+        self.statuses = []
+        self.increments = {}
         self.outage.failures = 0
         if queue is not None:
             self.buffer.extend((queue, raw) for raw in jobs)
@@ -348,7 +382,7 @@ class Worker:
             queue, raw = self.buffer.popleft()
         except IndexError:
             return False
-        started = self._running_since = time.perf_counter()
+        started = self._running_since = self.timer()
         if self._watchdog_parked and self.buffer:
             self._watchdog_parked = False  # one wake-up, not one per job until it runs
             self._watchdog_wake.set()
@@ -364,11 +398,33 @@ class Worker:
             self._running_since = 0.0
         self.acks.append(ack)
         self.jobs_done += 1
-        seconds = time.perf_counter() - started
+        seconds = self.timer() - started
+        if self.metrics:
+            counts = self.histogram.get(queue)
+            if counts is None:
+                counts = self.histogram[queue] = [0] * (len(DURATION_BUCKETS) + 2)
+            # most jobs are fast: one comparison instead of a search
+            if seconds <= FIRST_BUCKET:
+                counts[0] += 1
+            else:
+                counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+            counts[-1] += seconds
         self._adapt_batch(seconds)
         if seconds > SIGMASK_CHECK_AFTER or not self.buffer:
             self._restore_sigmask()
         return True
+
+    def _count(self, field: str, n: int = 1) -> None:
+        self.increments[field] = self.increments.get(field, 0) + n
+
+    def _drain_histogram(self) -> None:
+        """The batch's durations as counter fields (kept until a fetch call succeeds)."""
+        for queue, counts in self.histogram.items():
+            for bucket, n in enumerate(counts[:-1]):
+                if n:
+                    self._count(f"duration:{queue}:{bucket}", int(n))
+            self._count(f"duration_sum:{queue}", int(counts[-1] * 1_000_000))
+        self.histogram = {}
 
     def _adapt_batch(self, seconds: float) -> None:
         self.avg_job_seconds = 0.8 * self.avg_job_seconds + 0.2 * seconds
@@ -393,14 +449,49 @@ class Worker:
             # release exactly what the fetch took: the lock of the queue it came from
             return self._dead(queue, raw, job, STRAY_JOB_ERROR, now)
         job._checkin_hook = self.observer.checkin
+        if job_type.status:
+            return self._execute_recorded(queue, raw, job, job_type, now)
         with self.observer.observe(job, job_type):
             error = self._run(job, job_type)
         if error is None:
             if self.log_success:
                 self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
-                               duration=round(time.perf_counter() - started, 6))
+                               duration=round(self.timer() - started, 6))
             return Ack(queue, raw, "s")
         return self._failed(queue, raw, job, job_type, error, int(self.clock()))
+
+    def _execute_recorded(self, queue: str, raw: bytes, job: Job, job_type: JobType,
+                          now: int) -> Ack:
+        """``_execute`` for a job type with ``status=True``: the same, plus the run's record,
+        sent with the ack (kept apart so that other jobs pay nothing for it)."""
+        started = time.perf_counter()
+        with self.observer.observe(job, job_type):
+            error = self._run(job, job_type)
+        duration = time.perf_counter() - started
+        if error is None:
+            if self.log_success:
+                self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
+                               duration=round(duration, 6))
+            ack = Ack(queue, raw, "s")
+        else:
+            ack = self._failed(queue, raw, job, job_type, error, int(self.clock()))
+        record = self._status_record(job, ack, now, duration)
+        self.statuses.append((len(self.acks), job.id, record))  # the index its ack will have
+        return ack
+
+    def _status_record(self, job: Job, ack: Ack, started_at: int, duration: float) -> bytes:
+        """What ``Client.job_status`` reads back for a job that finished a run."""
+        record = {
+            "name": job.name, "state": STATES[ack.outcome], "fails": job.fails,
+            "enqueued_at": job.t, "started_at": started_at,
+            "finished_at": int(self.clock()), "duration": round(duration, 6),
+            "error": job.err, "pool_id": self.pool_id, "host": self.host,
+        }
+        if ack.outcome in ("r", "d"):
+            record["score"] = ack.score  # where to look in the retry / dead set
+        elif ack.outcome == "x":
+            record["dropped"] = True  # dead, but in no set (skip_dead): the record is all
+        return json.dumps(record, separators=(",", ":")).encode()
 
     def _run(self, job: Job, job_type: JobType) -> BaseException | None:
         """Run middleware and handler; the one place a job's exception becomes its outcome."""
@@ -539,7 +630,7 @@ class Worker:
                 self._watchdog_parked = False
                 continue
             since = self._running_since
-            waited = time.perf_counter() - since if since else 0.0
+            waited = self.timer() - since if since else 0.0
             if since and waited >= limit:
                 self._release_unstarted(since)  # afterwards the buffer is empty: park
             else:

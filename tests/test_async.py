@@ -298,3 +298,60 @@ def test_uvloop_is_used_when_installed_and_never_required(monkeypatch) -> None:
     loop = new_event_loop()
     assert isinstance(loop, uvloop.Loop)
     loop.close()
+
+
+def test_jobs_in_flight_are_counted_and_recorded_as_one_at_a_time(r) -> None:
+    """A child with jobs_per_child > 1 keeps Worker's books: outcome counters and the
+    duration histogram for /metrics, and status records for job types with status=True."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from prefork_work.client import Client
+    from prefork_work.metrics import render
+
+    app = App()
+
+    @app.job("ok", status=True)
+    async def ok(job: Job) -> None:
+        await asyncio.sleep(0.05)
+
+    @app.job("boom", status=True, max_fails=1)
+    async def boom(job: Job) -> None:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("no luck")
+
+    @app.job("plain")
+    def plain(job: Job) -> None:  # a sync job, in the thread pool
+        time.sleep(0.01)
+
+    enq = Enqueuer(NS, r)
+    oks = [enq.enqueue("ok") for _ in range(3)]
+    failed = enq.enqueue("boom")
+    plains = [enq.enqueue("plain") for _ in range(2)]
+    worker = run(app, r, 4, host="host-c")
+    assert worker.jobs_done == 6
+
+    client = Client(NS, r)
+    for job in oks:
+        st = client.job_status(job.id)
+        assert st is not None and st.state == "done" and st.host == "host-c", st
+        assert st.pool_id == worker.pool_id and st.duration is not None and st.duration >= 0.04
+    st = client.job_status(failed.id)
+    assert st is not None and st.state == "dead" and st.fails == 1 and "no luck" in st.error
+    assert client.job_status(plains[0].id) is None  # status=False: done, nothing recorded
+
+    body, _ = render(client)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode())
+               for s in family.samples}
+
+    def v(name: str, job_name: str) -> float:
+        return samples.get((name, (("job_name", job_name),)), 0.0)
+
+    assert v("prefork_work_jobs_processed_total", "ok") == 3
+    assert v("prefork_work_jobs_processed_total", "plain") == 2
+    assert v("prefork_work_jobs_failed_total", "boom") == 1
+    assert v("prefork_work_jobs_dead_total", "boom") == 1
+    assert v("prefork_work_job_duration_seconds_count", "ok") == 3
+    assert v("prefork_work_job_duration_seconds_count", "plain") == 2
+    assert v("prefork_work_job_duration_seconds_sum", "ok") >= 0.15

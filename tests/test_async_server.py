@@ -106,13 +106,16 @@ class Server:
     def children(self) -> list[int]:
         assert self.process is not None
         try:
-            found = psutil.Process(self.process.pid).children()
+            master = psutil.Process(self.process.pid)
+            found, program = master.children(), master.exe()
         except psutil.NoSuchProcess:
             return []
         pids = []
         for child in found:
             try:
-                if child.status() != psutil.STATUS_ZOMBIE:
+                # forks of the master only: a library may briefly run a helper program
+                # (e.g. ctypes' ldconfig), which start() must not take for a child
+                if child.status() != psutil.STATUS_ZOMBIE and child.exe() == program:
                     pids.append(child.pid)
             except psutil.NoSuchProcess:
                 continue

@@ -163,6 +163,12 @@ def test_go_encoding_rules() -> None:
     )
     assert args_bytes({"s": "a\u2028b\u2029c"}) == b'{"s":"a\\u2028b\\u2029c"}'
     assert args_bytes({"s": "\b\f\\b"}) == b'{"s":"\\u0008\\u000c\\\\b"}'  # Go 1.19
+    # a form feed alone (no backspace to force the slow path), in a value and in a key, on
+    # the C path (no float) and on the exact path (a float beside it)
+    assert args_bytes({"s": "a\fb"}) == b'{"s":"a\\u000cb"}'
+    assert args_bytes({"s": "a\fb", "f": 1.5}) == b'{"f":1.5,"s":"a\\u000cb"}'
+    assert args_bytes({"k\f": 1}) == b'{"k\\u000c":1}'
+    assert args_bytes({"k\f": 1.5}) == b'{"k\\u000c":1.5}'
     assert args_bytes({"s": "é/😀"}) == '{"s":"é/😀"}'.encode()
     assert args_bytes({"i": 1, "f": 1.0, "g": 1.5, "big": 1e21, "small": 1e-7, "z": -0.0}) == (
         b'{"big":1e+21,"f":1,"g":1.5,"i":1,"small":1e-7,"z":-0}'

@@ -9,15 +9,17 @@
 -- KEYS[1] = <p>retry
 -- KEYS[2] = <p>dead
 -- KEYS[3] = <p>pw:wake                     (deleted when the fetch finds nothing; see below)
--- KEYS[3 + 6*(g-1) + 1..6] = group g, in the priority-sampled order of this call:
+-- KEYS[4] = <p>pw:metrics                  (counters: outcomes per job name, histogram, ...)
+-- KEYS[5] = <p>pw:status                   (status records of job types that ask for them)
+-- KEYS[6] = <p>pw:status_expiry            (their expiry times, to prune the hash)
+-- KEYS[6 + 6*(g-1) + 1..6] = group g, in the priority-sampled order of this call:
 --   1 <p>jobs:<name>   2 <p>jobs:<name>:<poolID>:inprogress   3 <p>jobs:<name>:paused
 --   4 <p>jobs:<name>:lock   5 <p>jobs:<name>:lock_info   6 <p>jobs:<name>:max_concurrency
 -- ARGV[1] = pool ID
 -- ARGV[2] = how many jobs to fetch at most (0: only acknowledge)
 -- ARGV[3] = max_payload_bytes (0: no limit): a larger entry is never handed to a worker; it
 --           goes to <p>dead wrapped in a job {"name": <queue's job name>, "args":
---           {"malformed_payload": <the entry>}, "err": ...} (the job name is the queue key
---           after "<p>jobs:", <p> being KEYS[1] without its "retry")
+--           {"malformed_payload": <the entry>}, "err": ...}, counted as a dead job
 -- ARGV[4] = max bytes of one batch: the batch stops after the job that reaches it
 -- ARGV[5] = number of acknowledgements A, followed by A records of 4 values:
 --   group number g (the queue the job was fetched from, in this call's order),
@@ -25,6 +27,17 @@
 --   outcome: "s" success, "r" retry, "d" dead, "x" dropped (skip_dead), "q" return unstarted
 --            to the front of its queue (and wake an idle worker for it),
 --   for "r"/"d": "<score> <re-serialized job>"; otherwise "".
+-- then ARGV[i] = now (epoch seconds), ARGV[i+1] = status TTL in seconds, ARGV[i+2] = "1" to
+--   count outcomes in <p>pw:metrics ("0": [server] metrics = false),
+--   ARGV[i+3] = number of status records S, followed by S triples: the number k of the
+--   acknowledgement it belongs to (1-based), the job id and the record's JSON, written when
+--   acknowledgement k took its entry (so a reclaimed job's stale run writes nothing),
+--   ARGV[j] = number of counter increments H, followed by H pairs (field of <p>pw:metrics,
+--   increment): the worker's duration histogram of this batch, Redis errors it rode out.
+--
+-- Every acknowledgement that takes its entry (all outcomes but "q") counts in <p>pw:metrics:
+-- processed:<name>, and for failures failed:<name> plus retried:/dead:/dropped:<name>; one
+-- HINCRBY per distinct field per call, so the counters are exact and cost no round trip.
 --
 -- Locks are released only for entries still in the in-progress list: if a reaper already
 -- moved the job back to its queue (and released its lock), the ack neither releases the
@@ -42,18 +55,34 @@ local max_payload = tonumber(ARGV[3])
 local max_batch = tonumber(ARGV[4])
 local nacks = tonumber(ARGV[5])
 
+local G0 = 6  -- keys before the first group
+-- outcome -> (counter, number): counts are keyed by the number g * 4 + n, no string per job
+local COUNTED = {s = 'processed', r = 'retried', d = 'dead', x = 'dropped'}
+local CODE = {s = 0, r = 1, d = 2, x = 3}
+local OUTCOME = {[0] = 's', [1] = 'r', [2] = 'd', [3] = 'x'}
+
 local released = {}
 local requeued = 0
+local taken = {}  -- acknowledgement number -> true when it took its entry (if track)
+local counts = {}  -- g * 4 + CODE[outcome] -> n
 local i = 6
-for _ = 1, nacks do
+local count = ARGV[i + 4 * nacks + 2] == '1'  -- the arguments after the records
+local track = tonumber(ARGV[i + 4 * nacks + 3]) > 0  -- status records to write
+for k = 1, nacks do
   local g = tonumber(ARGV[i])
   local raw = ARGV[i + 1]
   local outcome = ARGV[i + 2]
   local extra = ARGV[i + 3]
   i = i + 4
-  local base = 3 + 6 * (g - 1)
+  local base = G0 + 6 * (g - 1)
   if redis.call('LREM', KEYS[base + 2], -1, raw) > 0 then
     released[g] = (released[g] or 0) + 1
+    if track then taken[k] = true end
+    local code = CODE[outcome]
+    if count and code then
+      local c = g * 4 + code
+      counts[c] = (counts[c] or 0) + 1
+    end
     if outcome == 'r' or outcome == 'd' then
       local sp = string.find(extra, ' ', 1, true)
       local target = KEYS[1]
@@ -66,7 +95,7 @@ for _ = 1, nacks do
   end
 end
 for g, n in pairs(released) do
-  local base = 3 + 6 * (g - 1)
+  local base = G0 + 6 * (g - 1)
   redis.call('DECRBY', KEYS[base + 4], n)
   redis.call('HINCRBY', KEYS[base + 5], pool, -n)
 end
@@ -76,6 +105,50 @@ if requeued > 0 then
   redis.call('LTRIM', KEYS[3], 0, 63)
 end
 
+-- counters: the job name is the group's queue key minus "<p>jobs:"
+local prefix_len = #KEYS[4] - #'pw:metrics' + #'jobs:'
+local failed = {}
+for c, n in pairs(counts) do
+  local outcome, g = OUTCOME[c % 4], math.floor(c / 4)
+  local name = string.sub(KEYS[G0 + 6 * (g - 1) + 1], prefix_len + 1)
+  redis.call('HINCRBY', KEYS[4], 'processed:' .. name, n)
+  if outcome ~= 's' then
+    redis.call('HINCRBY', KEYS[4], COUNTED[outcome] .. ':' .. name, n)
+    failed[name] = (failed[name] or 0) + n
+  end
+end
+for name, n in pairs(failed) do
+  redis.call('HINCRBY', KEYS[4], 'failed:' .. name, n)
+end
+
+local now = tonumber(ARGV[i])
+local ttl = tonumber(ARGV[i + 1])
+local nstatus = tonumber(ARGV[i + 3])
+i = i + 4
+if nstatus > 0 then
+  local written = 0
+  for _ = 1, nstatus do
+    if taken[tonumber(ARGV[i])] then
+      redis.call('HSET', KEYS[5], ARGV[i + 1], ARGV[i + 2])
+      redis.call('ZADD', KEYS[6], now + ttl, ARGV[i + 1])
+      written = written + 1
+    end
+    i = i + 3
+  end
+  -- prune at most twice what was written (and a few more), so the hash never outgrows
+  -- the records of the last TTL while no call ever does unbounded work
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 2 * written + 8)
+  if #expired > 0 then
+    redis.call('HDEL', KEYS[5], unpack(expired))
+    redis.call('ZREM', KEYS[6], unpack(expired))
+  end
+end
+local nincr = tonumber(ARGV[i])
+for _ = 1, nincr do
+  redis.call('HINCRBY', KEYS[4], ARGV[i + 1], ARGV[i + 2])
+  i = i + 2
+end
+
 if want <= 0 then
   return {0, {}}
 end
@@ -83,21 +156,26 @@ end
 -- An entry over max_payload_bytes, taken off the in-progress list it was just moved to.
 local oversized = 0
 local function dead_letter(queue, job)
-  local now = tonumber(redis.call('TIME')[1])
-  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - 5) .. 'jobs:'
-  local seed = pool .. ' ' .. now .. ' ' .. redis.call('ZCARD', KEYS[2]) .. ' ' .. #job
+  local at = tonumber(redis.call('TIME')[1])
+  local name = string.sub(queue, prefix_len + 1)
+  local seed = pool .. ' ' .. at .. ' ' .. redis.call('ZCARD', KEYS[2]) .. ' ' .. #job
   local id = string.sub(redis.sha1hex(seed .. string.sub(job, 1, 4096)), 1, 24)
   local err = 'malformed job: payload of ' .. #job .. ' bytes is over server.max_payload_bytes ('
     .. max_payload .. ')'
-  redis.call('ZADD', KEYS[2], now, '{"name":' .. cjson.encode(string.sub(queue, #prefix + 1))
-    .. ',"id":"' .. id .. '","t":' .. now .. ',"args":{"malformed_payload":' .. cjson.encode(job)
-    .. '},"fails":1,"err":' .. cjson.encode(err) .. ',"failed_at":' .. now .. '}')
+  redis.call('ZADD', KEYS[2], at, '{"name":' .. cjson.encode(name)
+    .. ',"id":"' .. id .. '","t":' .. at .. ',"args":{"malformed_payload":' .. cjson.encode(job)
+    .. '},"fails":1,"err":' .. cjson.encode(err) .. ',"failed_at":' .. at .. '}')
+  if count then  -- counted as any job that went to dead
+    for _, field in ipairs({'processed:', 'failed:', 'dead:'}) do
+      redis.call('HINCRBY', KEYS[4], field .. name, 1)
+    end
+  end
   oversized = oversized + 1
 end
 
-local groups = (#KEYS - 3) / 6
+local groups = (#KEYS - G0) / 6
 for g = 1, groups do
-  local base = 3 + 6 * (g - 1)
+  local base = G0 + 6 * (g - 1)
   local queue = KEYS[base + 1]
   local len = redis.call('LLEN', queue)
   if len > 0 and not redis.call('GET', KEYS[base + 3]) then
@@ -112,7 +190,7 @@ for g = 1, groups do
     end
     if n > 0 then
       local jobs = {}
-      local taken, bytes = 0, 0
+      local kept, bytes = 0, 0
       for _ = 1, n + 16 do  -- bounded: a queue of oversized entries is drained call by call
         local job = redis.call('RPOPLPUSH', queue, KEYS[base + 2])
         if not job then break end
@@ -120,15 +198,15 @@ for g = 1, groups do
           redis.call('LPOP', KEYS[base + 2])
           dead_letter(queue, job)
         else
-          taken = taken + 1
-          jobs[taken] = job
+          kept = kept + 1
+          jobs[kept] = job
           bytes = bytes + #job
-          if taken >= n or bytes >= max_batch then break end
+          if kept >= n or bytes >= max_batch then break end
         end
       end
-      if taken > 0 then
-        redis.call('INCRBY', KEYS[base + 4], taken)
-        redis.call('HINCRBY', KEYS[base + 5], pool, taken)
+      if kept > 0 then
+        redis.call('INCRBY', KEYS[base + 4], kept)
+        redis.call('HINCRBY', KEYS[base + 5], pool, kept)
         return {g, jobs}
       end
     end

@@ -90,8 +90,8 @@ class AsyncQueueStore:
         await self.redis.sadd(self.keys.known_jobs(), name)
         if run_at is None:
             keys = [self.keys.jobs(name), unique_key, self.keys.wake()]
-            args: list[bytes | int] = [payload, stored]
+            args: list[bytes | int] = [payload, stored, WAKE_TOKENS_MAX]
         else:
             keys = [self.keys.scheduled(), unique_key, self.keys.wake()]
-            args = [payload, stored, run_at]
+            args = [payload, stored, WAKE_TOKENS_MAX, run_at]
         return await self.run_script("enqueue_unique", keys, args) == b"ok"

@@ -108,7 +108,7 @@ class RedisStore:
         if not moves:
             return 0
         keys = [zset, self.keys.wake()]
-        args: list[bytes | str | int] = [now]
+        args: list[bytes | str | int] = [now, WAKE_TOKENS_MAX]
         dead = self.keys.dead()
         for member, payload, target in moves:
             keys.append(target)
