@@ -97,7 +97,7 @@ class Profile:
     freeze_with_peer: bool = False  # a second server whose reaper sees the frozen one go stale
     poison_each: int = 12  # payloads of each fuzz kind, per target (queue, scheduled, retry)
     hung_each: int = 2
-    settle_timeout: float = 30.0
+    settle_timeout: float = 20.0
 
 
 SHORT = Profile()
@@ -105,7 +105,7 @@ SHORT = Profile()
 # its next pass (loops/reaper.py): the long freeze outlasts both.
 LONG = Profile(jobs=6000, storm_jobs=20000, duration=30.0, redis_down=5.0, blackhole=8.0,
                socket_timeout=3.0, stale_delay=2.0, freeze=35.0, freeze_with_peer=True, poison_each=60,
-               hung_each=6, settle_timeout=90.0)
+               hung_each=6, settle_timeout=60.0)
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -881,7 +881,7 @@ def scenario_freeze(h: Harness) -> Result:
     # slower jobs, at a rate that keeps every child busy: the frozen server's pools must
     # hold running jobs when the peer's reaper looks at them
     workers = frozen.concurrency + (peer.concurrency if peer else 0)
-    per_second = int(workers * 1000 / 25 * 1.2)
+    per_second = int(workers * 1000 / 25)
     deadline = time.monotonic() + p.freeze
     while time.monotonic() < deadline:
         h.enqueue(per_second, ms=(10.0, 40.0))
@@ -979,6 +979,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds of fault injection per scenario")
     parser.add_argument("--jobs", type=int, help="healthy jobs per scenario (the storm: 3x)")
     parser.add_argument("--concurrency", type=int, help="children per server")
+    parser.add_argument("--stale-delay", type=float,
+                        help="proxy: seconds a pre-blackhole connection's bytes lag behind new ones'")
+    parser.add_argument("--settle-timeout", type=float, help="seconds to wait for every job to settle")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the servers' logs")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -990,6 +993,10 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, jobs=args.jobs, storm_jobs=3 * args.jobs)
     if args.concurrency is not None:
         profile = replace(profile, concurrency=args.concurrency)
+    if args.stale_delay is not None:
+        profile = replace(profile, stale_delay=args.stale_delay)
+    if args.settle_timeout is not None:
+        profile = replace(profile, settle_timeout=args.settle_timeout)
     names = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

@@ -30,3 +30,22 @@ def test_chaos_scenario(name: str, tmp_path: Path) -> None:
     assert result.duplicated == 0, result.problems
     assert result.dead == result.expected_dead, result.problems
     assert not result.problems, result.problems
+
+
+def test_accounting_tells_a_rerun_after_a_kill_from_a_duplicate(tmp_path: Path, r) -> None:
+    """The counts the scenarios assert on, from hand-made evidence: a job completed twice is
+    a re-run only when the process of its earlier completion was killed."""
+    h = chaos.Harness(tmp_path, chaos.SHORT, "unit")
+    h.evidence = chaos.Evidence(r)
+    h.healthy = {"once", "rerun", "twice", "lost", "dead"}
+    h.disturbed = {100}
+    h.evidence.ends = {"once": [(1, 0.0)], "rerun": [(100, 0.0), (2, 1.0)],
+                       "twice": [(3, 0.0), (4, 1.0)]}
+    r.zadd(chaos.K.dead(), {b'{"name":"work","id":"dead","t":1,"args":{}}': 1})
+    r.rpush(chaos.K.jobs("work"), b'{"name":"work","id":"lost","t":1,"args":{}}')
+    h._account(r)
+    result = h.result
+    assert (result.run_once, result.rerun_after_kill, result.duplicated, result.lost, result.dead) \
+        == (1, 1, 1, 1, 1)
+    assert "1 lost: queue: 1" in result.problems
+    assert "1 healthy jobs in the dead set" in result.problems
