@@ -103,9 +103,9 @@ class Profile:
 SHORT = Profile()
 # The peer's reaper takes a stale pool after 15 s without a heartbeat plus up to 13 s until
 # its next pass (loops/reaper.py): the long freeze outlasts both.
-LONG = Profile(jobs=6000, storm_jobs=20000, duration=30.0, redis_down=5.0, blackhole=8.0,
-               socket_timeout=3.0, stale_delay=2.0, freeze=35.0, freeze_with_peer=True, poison_each=60,
-               hung_each=6, settle_timeout=60.0)
+LONG = Profile(jobs=2500, storm_jobs=8000, duration=15.0, redis_down=5.0, blackhole=6.0,
+               socket_timeout=3.0, stale_delay=2.0, freeze=32.0, freeze_with_peer=True,
+               poison_each=40, hung_each=4, settle_timeout=45.0)
 
 
 # --- processes -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benches/ is a package of the repository, not installed
@@ -32,7 +33,7 @@ def test_chaos_scenario(name: str, tmp_path: Path) -> None:
     assert not result.problems, result.problems
 
 
-def test_accounting_tells_a_rerun_after_a_kill_from_a_duplicate(tmp_path: Path, r) -> None:
+def test_accounting_tells_a_rerun_after_a_kill_from_a_duplicate(tmp_path: Path, r: redis.Redis) -> None:
     """The counts the scenarios assert on, from hand-made evidence: a job completed twice is
     a re-run only when the process of its earlier completion was killed."""
     h = chaos.Harness(tmp_path, chaos.SHORT, "unit")
