@@ -668,8 +668,8 @@ def scenario_storm(h: Harness) -> Result:
     """SIGKILL a random busy child every kill_interval while a backlog of jobs runs."""
     p = h.profile
     srv = h.server(max_crashes=1000)  # a job may be under several kills: re-run, never dead
-    # jobs of ~10 ms, all queued first: every child is running one when the kill lands
-    h.enqueue(p.storm_jobs, ms=(5.0, 15.0))
+    # jobs of ~8 ms, all queued first: every child is running one when the kill lands
+    h.enqueue(p.storm_jobs, ms=(4.0, 12.0))
     steps = max(1, int(p.duration / p.kill_interval))
     kills = childless = tries = 0
     for _ in range(steps):
