@@ -527,6 +527,19 @@ class Harness:
         target = int(len(self.healthy) * fraction)
         wait_for(lambda: self.completed() >= target, timeout, f"{target} jobs to complete")
 
+    def strand(self, pids: set[int]) -> None:
+        """The jobs in the in-progress lists of pools these (dead) processes ran: the
+        scenario has recovered when every one of them has run again."""
+        client = self.client()
+        try:
+            for key in client.scan_iter(match=K.in_progress_pattern()):
+                parsed = K.parse_in_progress(key.decode())
+                pid = client.hget(K.heartbeat(parsed[1]), "pid") if parsed else None
+                if pid is not None and int(pid) in pids:
+                    self.stranded.update(json.loads(raw)["id"] for raw in client.lrange(key, 0, -1))
+        finally:
+            client.close()
+
     # --- the end ---------------------------------------------------------------------------------
     def settle(self, *, expected_dead: int = 0) -> Result:
         """Wait (bounded) until every job has run or died, then account for all of them."""
@@ -545,8 +558,11 @@ class Harness:
                 try:
                     dead_ids = self._dead_ids(client)
                     pending = self.healthy - set(self.evidence.ends) - dead_ids
+                    # nothing in progress either: an entry left in a dead pool's list is a
+                    # job that ran and lost its acknowledgement, and runs again once reclaimed
                     settled = not pending and len(dead_ids) >= expected_dead \
-                        and client.zcard(K.retry()) == 0 and client.zcard(K.scheduled()) == 0
+                        and client.zcard(K.retry()) == 0 and client.zcard(K.scheduled()) == 0 \
+                        and not self._in_progress(client)
                 except redis.ConnectionError:
                     settled = False
                 if settled:
@@ -624,12 +640,15 @@ class Harness:
         strays = set(ends) - self.healthy
         if strays:
             result.notes.append(f"{len(strays)} runs of jobs never enqueued as healthy")
-        leftovers = {key.decode(): client.llen(key) for key in client.scan_iter(match=K.in_progress_pattern())}
-        leftovers = {k: n for k, n in leftovers.items() if n}
+        leftovers = self._in_progress(client)
         if leftovers:
             result.problems.append(f"left in progress: {leftovers}")
         if client.llen(K.jobs("work")):
             result.problems.append(f"left in the queue: {client.llen(K.jobs('work'))}")
+
+    def _in_progress(self, client: redis.Redis) -> dict[str, int]:
+        sizes = {key.decode(): client.llen(key) for key in client.scan_iter(match=K.in_progress_pattern())}
+        return {key: n for key, n in sizes.items() if n}
 
     def _keyspace(self, client: redis.Redis) -> str:
         """The sizes of the namespace's queues and sets, for a scenario that did not settle."""
@@ -638,6 +657,7 @@ class Harness:
         for key in client.scan_iter(match=K.jobs("*")):
             if client.type(key) == b"list":
                 sizes[key.decode()] = client.llen(key)
+        sizes.update(self._in_progress(client))
         return ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items()) if v)
 
     def _whereabouts(self, client: redis.Redis, lost: set[str]) -> str:
@@ -974,19 +994,52 @@ def scenario_second_server(h: Harness) -> Result:
     second_pids = {c.pid for c in second.children()}
     h.disturbed.update(second.kill_whole())
     h.fault_end = time.time()
-    client = h.client()
-    try:
-        for key in client.scan_iter(match=K.in_progress_pattern()):
-            parsed = K.parse_in_progress(key.decode())
-            pid = client.hget(K.heartbeat(parsed[1]), "pid") if parsed else None
-            if pid is not None and int(pid) in second_pids:
-                h.stranded.update(json.loads(raw)["id"] for raw in client.lrange(key, 0, -1))
-    finally:
-        client.close()
+    h.strand(second_pids)
     stranded = len(h.stranded)
     result = h.settle()
     result.notes.append(f"{stranded} jobs stranded in the killed server's pools; "
                         f"first reclaimed {len(first.log_lines('reclaimed a dead pool'))} pools")
+    return result
+
+
+def scenario_reload(h: Harness) -> Result:
+    """SIGHUP (a new generation of children, the old one drained) again and again while a
+    backlog runs: prefetched jobs go back to their queue, none runs twice, none is left."""
+    p = h.profile
+    srv = h.server()
+    h.enqueue(p.jobs, ms=(2.0, 6.0))
+    h.wait_completed(0.1)
+    reloads = 0
+    deadline = time.monotonic() + p.duration
+    while time.monotonic() < deadline and h.completed() < 0.8 * p.jobs:
+        srv.signal(signal.SIGHUP)
+        reloads += 1
+        time.sleep(max(0.5, p.duration / 8))
+    h.fault_end = time.time()
+    result = h.settle()
+    result.notes.append(f"{reloads} reloads")
+    return result
+
+
+def scenario_kill_in_outage(h: Harness) -> Result:
+    """Busy children SIGKILLed while Redis is down: the master cannot reclaim their pools
+    then, so its reaper must take them once their heartbeats are stale."""
+    srv = h.server()
+    h.enqueue(h.profile.jobs, ms=(2.0, 6.0))
+    h.wait_completed(0.3)
+    h.redis.kill()
+    time.sleep(0.3)
+    victims = srv.children()
+    h.disturbed.update(c.pid for c in victims)
+    for child in victims:
+        _kill(child.pid, signal.SIGKILL)
+    time.sleep(h.profile.redis_down)
+    h.redis.start()
+    h.fault_end = time.time()
+    h.strand({c.pid for c in victims})
+    result = h.settle()
+    result.notes.append(f"{len(victims)} children killed while Redis was down, "
+                        f"{len(h.stranded)} jobs stranded in their pools")
     return result
 
 
@@ -999,10 +1052,12 @@ SCENARIOS: dict[str, tuple[Callable[[Harness], Result], dict[str, Any]]] = {
     "hung": (scenario_hung, {}),
     "freeze": (scenario_freeze, {}),
     "second-server": (scenario_second_server, {}),
+    "reload": (scenario_reload, {}),
+    "kill-in-outage": (scenario_kill_in_outage, {"fsync_always": True}),
 }
 # second-server waits for the reaper's stale-heartbeat timeout (15 s, then a pass every
 # 10-13 s; neither is configurable): too slow for CI, so it runs in the long profile only.
-LONG_ONLY = {"second-server"}
+LONG_ONLY = {"second-server", "kill-in-outage", "reload"}
 SHORT_SCENARIOS = [name for name in SCENARIOS if name not in LONG_ONLY]
 
 
