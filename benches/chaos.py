@@ -83,7 +83,7 @@ class Profile:
 
     jobs: int = 1000  # healthy jobs per scenario (the storm runs storm_jobs)
     storm_jobs: int = 2000
-    duration: float = 4.0  # seconds of fault injection where a scenario repeats its fault
+    duration: float = 3.0  # seconds of fault injection where a scenario repeats its fault
     concurrency: int = 4
     job_ms: tuple[float, float] = (0.5, 4.0)
     kill_interval: float = 0.25
@@ -688,8 +688,8 @@ def scenario_storm(h: Harness) -> Result:
     """SIGKILL a random busy child every kill_interval while a backlog of jobs runs."""
     p = h.profile
     srv = h.server(max_crashes=1000)  # a job may be under several kills: re-run, never dead
-    # jobs of ~8 ms, all queued first: every child is running one when the kill lands
-    h.enqueue(p.storm_jobs, ms=(4.0, 12.0))
+    # jobs of ~6 ms, all queued first: every child is running one when the kill lands
+    h.enqueue(p.storm_jobs, ms=(3.0, 9.0))
     steps = max(1, int(p.duration / p.kill_interval))
     kills = childless = tries = 0
     for _ in range(steps):
