@@ -476,12 +476,16 @@ class Harness:
         self.stack = ExitStack()
 
     def __enter__(self) -> Harness:
-        self.stack.__enter__()
-        self.redis.start()
-        self.stack.callback(self.redis.kill)
-        self.evidence_redis.start()
-        self.stack.callback(self.evidence_redis.kill)
-        self.evidence = Evidence(self.evidence_redis.client())
+        try:
+            self.stack.callback(self.redis.kill)
+            self.redis.start()
+            self.stack.callback(self.evidence_redis.kill)
+            self.evidence_redis.start()
+            self.evidence = Evidence(self.evidence_redis.client())
+            self.stack.callback(self.evidence.client.close)
+        except BaseException:
+            self.stack.close()  # no with-block will: nothing may outlive a failed start
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
