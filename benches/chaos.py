@@ -584,10 +584,10 @@ class Harness:
                 time.sleep(0.1)
             first_end = self.evidence.first_end_after(fault_end)
             if self.stranded:
-                reruns = [min((at for _, at in self.evidence.ends.get(j, []) if at >= fault_end),
-                              default=None) for j in self.stranded]
-                if None not in reruns:
-                    result.recover_s = max(reruns) - fault_end  # type: ignore[type-var]
+                reruns = [[at for _, at in self.evidence.ends.get(j, []) if at >= fault_end]
+                          for j in self.stranded]
+                if all(reruns):
+                    result.recover_s = max(min(runs) for runs in reruns) - fault_end
             elif whole_at is not None and first_end is not None:
                 result.recover_s = max(whole_at, first_end) - fault_end
             for server in self.servers:
