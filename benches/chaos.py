@@ -778,6 +778,8 @@ def scenario_proxy(h: Harness) -> Result:
         proxy.reset_all()
         time.sleep(0.3)
         h.enqueue(p.jobs // (4 * cycles))
+        # work that outlasts the blackhole's late bytes: a late fetch must find jobs to take
+        h.enqueue(int(srv.concurrency * 100 * (p.stale_delay + 1.5)), ms=(5.0, 15.0))
         proxy.blackhole(p.blackhole, stale_delay=p.stale_delay)
         if cycle < cycles - 1:
             h.enqueue(p.jobs // (4 * cycles))
