@@ -131,12 +131,12 @@ def test_a_ready_idle_child_sigkilled_young_is_replaced_at_once(toy) -> None:
     # ready: not their own failure, so no backoff and never a server without children
     instance = toy(concurrency=2, idle=True)
     for kills in range(1, 7):
-        wait_until(lambda: len(instance.events("ready")) >= kills + 1, 5, 0.02,
+        wait_until(lambda n=kills + 1: len(instance.events("ready")) >= n, 5, 0.02,
                    f"a ready child after {kills - 1} kills")
         ready = instance.events("ready")[-1]
         killed_at = time.monotonic()
         os.kill(ready["pid"], signal.SIGKILL)
-        wait_until(lambda: len(instance.events("ready")) >= kills + 2, 5, 0.02, "its replacement")
+        wait_until(lambda n=kills + 2: len(instance.events("ready")) >= n, 5, 0.02, "its replacement")
         assert instance.events("ready")[-1]["t"] - killed_at < 1.0  # the backoff waits 1 s first
     assert "backing off" not in instance.log.read_text()
     assert instance.stop() == 0
