@@ -237,7 +237,11 @@ class WorkServer:
         for path in config.server.python_path:
             if path not in sys.path:
                 sys.path.insert(0, path)
-        self.app = reimport_app(config.server.app)
+        app = reimport_app(config.server.app)
+        # the new module's globals are fresh: its startup hooks run before its first fork;
+        # a failure fails the reload and the old generation keeps running its old app
+        app.run_hooks("startup")
+        self.app = app
         fixed = [name for name, old, new in (
             ("redis.url", self.config.redis.url, config.redis.url),
             ("redis.cluster", self.config.redis.cluster, config.redis.cluster),
@@ -283,6 +287,7 @@ class WorkServer:
         return tasks
 
     def shutdown(self) -> None:
+        self.app.run_hooks("shutdown")  # the last child is gone; Redis is still up
         if self.embedded is not None:
             self.embedded.stop()  # last: SHUTDOWN flushes its append-only file
             log.info("stopped embedded redis")
@@ -291,11 +296,14 @@ class WorkServer:
     def child_main(self, ctx: ChildContext) -> int:
         record: ChildRecord = ctx.data["record"]
         structlog.contextvars.bind_contextvars(pool_id=record.pool_id)
+        # after fork, before the first fetch; HookFailed fails this child's start (the
+        # master's crash-loop backoff applies and its log names the hook)
+        self.app.run_hooks("child_start")
         outage = OutageWait(log)
         worker: Worker | None = None
         while worker is None:
             if ctx.stop_requested or not ctx.master_alive():
-                return 0
+                return self._child_stopped()
             try:
                 worker = self._child_worker(ctx, record)
             except RedisUnavailable as err:
@@ -305,6 +313,11 @@ class WorkServer:
         ctx.ready()
         worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
                     quiet=lambda: ctx.quiet, max_jobs=ctx.max_jobs)
+        return self._child_stopped()
+
+    def _child_stopped(self) -> int:
+        """A clean stop (drain, recycle, TTOU): a fast stop raises Interrupted past this."""
+        self.app.run_hooks("child_exit")
         return 0
 
     def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:
@@ -321,6 +334,7 @@ class WorkServer:
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
+            lifecycle_hooks=False,  # child_main runs them: start before ready, exit after
         )
 
     # --- periodic work ----------------------------------------------------------------------------
@@ -405,6 +419,7 @@ def run(config: Config, app: App) -> int:
     try:
         server = WorkServer(config, app, redis_url, embedded)
         server.announce()
+        app.run_hooks("startup")  # HookFailed is a ConfigError: exit 78, like an import error
     except BaseException:
         if embedded is not None:
             embedded.stop()

@@ -139,6 +139,7 @@ class Worker:
         idle_waits: Sequence[float] = DEFAULT_IDLE_WAITS,
         requeue_exceptions: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.time,
+        lifecycle_hooks: bool = True,
     ) -> None:
         if not app.job_types:
             raise ValueError("the app registers no job types: nothing to work on")
@@ -168,6 +169,9 @@ class Worker:
         self.jobs_done = 0
         self.needs_recovery = False
         self.outage = OutageWait(self.log)
+        # work() runs the app's on_child_start/on_child_exit hooks, as a prefork child does
+        # (the server runs them itself around its children's work() and passes False)
+        self.lifecycle_hooks = lifecycle_hooks
 
     # --- public loop API ----------------------------------------------------------------------
     def announce(self) -> None:
@@ -206,7 +210,13 @@ class Worker:
         Stops only between jobs: a running job always finishes. On the way out, finished
         jobs are acknowledged and unstarted prefetched jobs go back to the front of their
         queues.
+
+        With ``lifecycle_hooks`` (the default), the app's ``on_child_start`` hooks run before
+        the first fetch (one raising stops ``work()`` with ``HookFailed``) and its
+        ``on_child_exit`` hooks after a clean stop; ``run_one()`` and ``drain()`` run none.
         """
+        if self.lifecycle_hooks:
+            self.app.run_hooks("child_start")
         try:
             while not self.stop_requested and not (until and until()):
                 left = max_jobs - self.jobs_done if max_jobs else None
@@ -224,6 +234,8 @@ class Worker:
                     self.outage.wait(err)
         finally:
             self.close()
+        if self.lifecycle_hooks:  # not reached when a job's requeue exception ends work()
+            self.app.run_hooks("child_exit")
 
     def request_stop(self) -> None:
         """Stop after the running job (callable from a signal handler: it only sets a flag)."""

@@ -7,36 +7,36 @@ tests may flush it, stop it and restart it. The Redis on 127.0.0.1:6379 is never
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from prefork_work.connection import redis_from_url
-from prefork_work.embedded import EmbeddedRedis
+# The private Redis, its fixtures and wait_until are the package's test helpers, the plugin
+# users enable with pytest_plugins = ["prefork_work.testing"]: this suite is their first user
+# (imported by name rather than through pytest_plugins, which would import the module after
+# this conftest already has, and warn that its asserts cannot be rewritten).
+from prefork_work.testing import (  # noqa: F401  (fixtures and a hook, found by name)
+    RedisServer,
+    prefork_app,
+    prefork_enqueuer,
+    prefork_redis,
+    prefork_redis_server,
+    prefork_worker,
+    pytest_addoption,
+    wait_until,
+)
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vectors"
 
-
-class RedisServer(EmbeddedRedis):
-    """The session's server, with helpers for fault tests."""
-
-    def client(self) -> redis.Redis:
-        return redis_from_url(self.url, client_name="tests")
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
+__all__ = ["RedisServer", "read_records", "wait_until"]
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), persist=False)
-    server.start()
-    yield server
-    server.kill()
+def redis_server(request: pytest.FixtureRequest) -> RedisServer:
+    server: RedisServer = request.getfixturevalue("prefork_redis_server")
+    return server
 
 
 @pytest.fixture
@@ -47,32 +47,15 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
-def r(redis_server: RedisServer, redis_url: str) -> Iterator[redis.Redis]:
+def r(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
     """A client on a freshly flushed database of the private server."""
-    client = redis_server.client()
-    client.flushall()
-    client.script_flush()
+    client: redis.Redis = request.getfixturevalue("prefork_redis")
     yield client
-    client.close()
 
 
 @pytest.fixture
 def vectors() -> Path:
     return VECTORS
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01, message: str = ""
-) -> object:
-    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
-        time.sleep(interval)
 
 
 def read_records(path: Path) -> list[dict]:
