@@ -188,7 +188,7 @@ class App:
                 failed = HookFailed(event, hook, err)
                 if event in START_EVENTS:
                     raise failed from err
-                log.error("lifecycle hook failed", hook=failed.hook_name, event=event,
+                log.error("lifecycle hook failed", hook=failed.hook_name, stage=f"on_{event}",
                           error=f"{type(err).__name__}: {err}", exc_info=True)
 
     def periodically_enqueue(self, spec: str, name: str) -> None:
