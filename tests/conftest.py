@@ -7,6 +7,8 @@ tests may flush it, stop it and restart it. The Redis on 127.0.0.1:6379 is never
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +53,51 @@ def r(request: pytest.FixtureRequest, redis_url: str) -> Iterator[redis.Redis]:
     """A client on a freshly flushed database of the private server."""
     client: redis.Redis = request.getfixturevalue("prefork_redis")
     yield client
+
+
+# The machine's PostgreSQL (trust auth, database "test"); never a database of ours to start.
+PG_DSN = os.environ.get(
+    "PREFORK_WORK_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
+)
+
+
+def _pg_unavailable(reason: str) -> None:
+    """CI must test against PostgreSQL: there its absence fails; on a developer machine the
+    PostgreSQL tests are skipped with the reason."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """A libpq DSN of the machine's PostgreSQL, checked reachable."""
+    try:
+        import psycopg
+    except ImportError as err:
+        _pg_unavailable(f"psycopg is not installed ({err}): pip install -e '.[test]'")
+    try:
+        with psycopg.connect(PG_DSN) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as err:
+        _pg_unavailable(f"PostgreSQL unreachable at {PG_DSN!r} ({err}); "
+                        "set PREFORK_WORK_TEST_PG_DSN to point at one")
+    return PG_DSN
+
+
+@pytest.fixture
+def pg_table(postgres_dsn: str) -> Iterator[str]:
+    """A table name unique to this test run (rows: job_id, pid, backend, via), dropped after;
+    unlogged, so a commit waits for no WAL flush (the suite measures us, not the disk)."""
+    import psycopg
+
+    name = f"pw_rows_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE UNLOGGED TABLE {name} (job_id text NOT NULL, pid integer NOT NULL, "
+                     "backend integer NOT NULL, via text NOT NULL)")
+    yield name
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @pytest.fixture
