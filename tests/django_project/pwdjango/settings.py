@@ -1,0 +1,23 @@
+"""A minimal Django project for the contrib.django tests, on the machine's PostgreSQL."""
+
+import os
+
+from psycopg.conninfo import conninfo_to_dict
+
+_pg = conninfo_to_dict(os.environ["PW_PG_DSN"])
+
+SECRET_KEY = "tests-only"
+USE_TZ = True
+INSTALLED_APPS = ["pwdjango"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": _pg.get("dbname", "test"),
+        "USER": _pg.get("user", ""),
+        "HOST": _pg.get("host", ""),
+        "PORT": _pg.get("port", ""),
+        "CONN_MAX_AGE": int(os.environ.get("PW_CONN_MAX_AGE", "60")),
+        "OPTIONS": {"application_name": os.environ.get("PW_APPLICATION", "pw-django")},
+    }
+}
