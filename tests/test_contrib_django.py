@@ -13,8 +13,6 @@ from conftest import wait_until
 
 from prefork_work.enqueuer import Enqueuer
 
-pytest.importorskip("django", reason="the django extra is not installed")
-
 NS = "dj"
 PROJECT = Path(__file__).resolve().parent / "django_project"
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from prefork_work.app import App
+from prefork_work.contrib.otel import OpenTelemetryMiddleware
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.worker import Worker
-
-pytest.importorskip("opentelemetry.sdk", reason="the OpenTelemetry SDK is not installed")
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
-
-from prefork_work.contrib.otel import OpenTelemetryMiddleware  # noqa: E402
 
 
 def test_each_job_runs_in_a_span_named_after_it(r) -> None:

@@ -6,16 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import sentry_sdk  # the sentry extra, installed by the test extra
+from sentry_sdk.transport import Transport
 
 from prefork_work.app import App
+from prefork_work.contrib.sentry import sentry_middleware
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.keys import Keys
 from prefork_work.worker import Worker
-
-sentry_sdk = pytest.importorskip("sentry_sdk", reason="the sentry extra is not installed")
-from sentry_sdk.transport import Transport  # noqa: E402
-
-from prefork_work.contrib.sentry import sentry_middleware  # noqa: E402
 
 
 class CapturingTransport(Transport):

@@ -102,6 +102,40 @@ def test_a_failing_job_raises_and_is_retried_on_the_clock_until_dead() -> None:
     assert isinstance(quiet.failed[-1].error, ValueError)
 
 
+CALLS: list[str] = []
+
+
+@pytest.fixture
+def prefork_app() -> App:  # the plugin's fixture, overridden as a user would
+    app = App()
+    for event in ("startup", "child_start", "child_exit", "shutdown"):
+        getattr(app, f"on_{event}")(lambda event=event: CALLS.append(event))
+
+    @app.job("noop")
+    def noop(job) -> None:
+        CALLS.append("job")
+
+    return app
+
+
+@pytest.fixture
+def exit_hooks_checked():
+    """Set up before prefork_worker, torn down after it: sees its teardown's hooks."""
+    CALLS.clear()
+    yield
+    assert CALLS == ["startup", "child_start", "job", "child_exit", "shutdown"]
+
+
+def test_worker_fixture_runs_the_hooks_around_the_test(exit_hooks_checked, prefork_enqueuer,
+                                                       prefork_worker, prefork_redis) -> None:
+    assert CALLS == ["startup", "child_start"]
+    prefork_enqueuer.enqueue("noop", {})
+    assert prefork_redis.llen("work:jobs:noop") == 1  # the private Redis, namespace "work"
+    assert prefork_worker.drain() == 1
+    prefork_worker.work(until=lambda: True)  # the fixture's worker runs no hooks again
+    assert CALLS == ["startup", "child_start", "job"]
+
+
 def readme_files() -> dict[str, str]:
     """The README's example project: python blocks whose first line names the file."""
     text = README.read_text()
