@@ -67,3 +67,19 @@ def test_failed_job_is_reported_with_its_context(r, transport) -> None:
     # still an ordinary failure: retried with its error
     (retry,) = r.zrange(Keys("s").retry(), 0, -1)
     assert bad.id.encode() in retry and b"bad invoice 7" in retry
+
+
+def test_a_fast_stop_interruption_is_not_reported(r, transport) -> None:
+    from supervisor import Interrupted
+
+    app = App()
+    app.middleware(sentry_middleware)
+
+    @app.job("long")
+    def long(job) -> None:
+        raise Interrupted()  # what INT/QUIT raises inside a running job
+
+    Enqueuer("s", r).enqueue("long", {})
+    with pytest.raises(Interrupted):
+        Worker(app, r, "s", requeue_exceptions=(Interrupted,)).drain()
+    assert transport.envelopes == []
