@@ -33,7 +33,7 @@ APP = textwrap.dedent('''
     @app.on_startup
     def startup():
         record("startup")
-        if FAIL == "startup":
+        if FAIL == "startup" or os.path.exists(EVIDENCE + ".fail"):
             raise RuntimeError("no database")
 
     @app.on_child_start
@@ -160,6 +160,24 @@ def test_failing_startup_hook_exits_78_naming_the_hook(app_server, r) -> None:
     assert "on_startup hook jobs_app.startup failed: RuntimeError: no database" in out
     assert "Traceback" not in out
     assert srv.events("child_start") == [] and srv.events("shutdown") == []
+
+
+def test_failing_startup_hook_on_reload_keeps_the_running_generation(app_server, r) -> None:
+    srv = app_server().start()
+    wait_until(lambda: len(srv.events("child_start")) == 2, 10, message="two child starts")
+    running = {c.pid for c in srv.children()}
+    (srv.evidence.parent / (srv.evidence.name + ".fail")).touch()
+    srv.signal(signal.SIGHUP)
+
+    def failed() -> dict | None:
+        return next((line for line in srv.log_lines()
+                     if line.get("event") == "reload failed; keeping the running generation"), None)
+
+    line = wait_until(failed, 10, message="the failed reload")
+    assert "on_startup hook jobs_app.startup failed: RuntimeError: no database" in line["error"]  # type: ignore[index]
+    job = Enqueuer(NS, r).enqueue("record", {})
+    wait_until(lambda: any(e.get("id") == job.id for e in srv.events("job")), 10, message="a job")
+    assert {c.pid for c in srv.children()} == running and len(srv.events("child_start")) == 2
 
 
 def test_failing_child_start_hook_fails_the_child_and_fetches_nothing(app_server, r) -> None:
