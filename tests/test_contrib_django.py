@@ -70,3 +70,54 @@ def test_django_children_use_their_own_connections(django_server, r, postgres_ds
 
     # the children dropped the inherited connections without ending the master's sessions
     assert srv.events("shutdown")[0] == {**master, "event": "shutdown"}
+
+
+def test_django_in_process_keeps_the_callers_connection_and_transaction(
+        postgres_dsn, monkeypatch) -> None:
+    """Inline (prefork_work.testing) inside a test's transaction: the job runs in it, and
+    neither the child-start hook (no fork happened) nor close_old_connections closes it."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(PROJECT))
+    monkeypatch.setenv("PW_PG_DSN", postgres_dsn)
+    monkeypatch.setenv("PW_DJANGO_TABLE", f"pw_django_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "pwdjango.settings")
+    for name in [n for n in sys.modules if n.startswith("pwdjango")]:
+        monkeypatch.delitem(sys.modules, name)
+    from django.db import connections, transaction
+
+    from prefork_work.app import App
+    from prefork_work.contrib import django as pw_django
+    from prefork_work.testing import InlineEnqueuer
+
+    app = App()
+    pw_django.install(app)
+    from pwdjango.models import Row
+
+    @app.job("create")
+    def create(job) -> None:
+        Row.objects.using("per_job").create(job_id=job.id, pid=0, backend=0)
+
+    default, per_job = connections["default"], connections["per_job"]
+    try:
+        with default.schema_editor() as editor:
+            editor.create_model(Row)
+        app.run_hooks("child_start")  # same process as install(): nothing to drop
+        raw = default.connection
+        assert raw is not None and not raw.closed
+        jobs = InlineEnqueuer(app)
+        # CONN_MAX_AGE=0 ("per_job") would close after the job, but not inside a transaction
+        with transaction.atomic(using="per_job"):
+            job = jobs.enqueue("create", {})
+            assert per_job.in_atomic_block and not per_job.needs_rollback
+            assert Row.objects.using("per_job").filter(job_id=job.id).exists()
+            transaction.set_rollback(True, using="per_job")
+        assert not Row.objects.filter(job_id=job.id).exists()  # it was the caller's transaction
+        # outside a transaction it is closed after the job
+        jobs.enqueue("create", {})
+        assert per_job.connection is None
+        assert default.connection is raw  # CONN_MAX_AGE=60: kept, never dropped in-process
+    finally:
+        with default.schema_editor() as editor:
+            editor.delete_model(Row)
+        connections.close_all()
