@@ -79,7 +79,11 @@ def reimport_app(spec: str) -> App:
     else:
         sys.modules.pop(spec.partition(":")[0], None)
     importlib.invalidate_caches()
-    return load_app(spec)
+    app = load_app(spec)
+    # the new module's globals are fresh: its startup hooks run before its first fork; a
+    # failure fails the reload (before the server swaps apps) and the old generation runs on
+    app.run_hooks("startup")
+    return app
 
 
 @dataclass(slots=True)
@@ -237,11 +241,7 @@ class WorkServer:
         for path in config.server.python_path:
             if path not in sys.path:
                 sys.path.insert(0, path)
-        app = reimport_app(config.server.app)
-        # the new module's globals are fresh: its startup hooks run before its first fork;
-        # a failure fails the reload and the old generation keeps running its old app
-        app.run_hooks("startup")
-        self.app = app
+        self.app = reimport_app(config.server.app)
         fixed = [name for name, old, new in (
             ("redis.url", self.config.redis.url, config.redis.url),
             ("redis.cluster", self.config.redis.cluster, config.redis.cluster),
@@ -331,10 +331,10 @@ class WorkServer:
             self._pool_info(os.getpid(), record), time.time())
         return Worker(
             self.app, client, self.config.server.namespace,
+            lifecycle_hooks=False,  # child_main runs them: start before ready, exit after
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
-            lifecycle_hooks=False,  # child_main runs them: start before ready, exit after
         )
 
     # --- periodic work ----------------------------------------------------------------------------
