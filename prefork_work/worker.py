@@ -138,8 +138,8 @@ class Worker:
         batch_seconds: float = 0.005,
         idle_waits: Sequence[float] = DEFAULT_IDLE_WAITS,
         requeue_exceptions: tuple[type[BaseException], ...] = (),
-        clock: Callable[[], float] = time.time,
         lifecycle_hooks: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not app.job_types:
             raise ValueError("the app registers no job types: nothing to work on")
@@ -155,6 +155,9 @@ class Worker:
         self.idle_waits = tuple(idle_waits) or DEFAULT_IDLE_WAITS
         # exceptions that mean "stop now, this job did not fail" (the server's Interrupted)
         self.requeue_exceptions = requeue_exceptions
+        # work() runs the app's on_child_start/on_child_exit hooks, as a prefork child does
+        # (the server runs them itself around its children's work() and passes False)
+        self.lifecycle_hooks = lifecycle_hooks
         self.job_names = sorted(app.job_types)
         self.sampler = PrioritySampler({n: t.priority for n, t in app.job_types.items()})
         self.group_keys = {n: self.store.fetch_keys(self.pool_id, n) for n in self.job_names}
@@ -169,9 +172,6 @@ class Worker:
         self.jobs_done = 0
         self.needs_recovery = False
         self.outage = OutageWait(self.log)
-        # work() runs the app's on_child_start/on_child_exit hooks, as a prefork child does
-        # (the server runs them itself around its children's work() and passes False)
-        self.lifecycle_hooks = lifecycle_hooks
 
     # --- public loop API ----------------------------------------------------------------------
     def announce(self) -> None:
