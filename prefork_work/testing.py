@@ -105,7 +105,14 @@ class InlineEnqueuer(Enqueuer):
         self.pending: list[_Pending] = []
         self.unique_locks: dict[str, bytes] = {}  # unique key -> "1" or the by-key payload
         self._seq = 0
-        self.worker = _InlineWorker(self)
+        self._worker: _InlineWorker | None = None
+
+    @property
+    def worker(self) -> _InlineWorker:
+        # built at the first run: jobs may be registered after the enqueuer is made
+        if self._worker is None:
+            self._worker = _InlineWorker(self)
+        return self._worker
 
     # --- what tests read ----------------------------------------------------------------------
     @property
@@ -143,15 +150,25 @@ class InlineEnqueuer(Enqueuer):
         heapq.heappush(self.pending, _Pending(run_at, self._seq, name, payload))
 
     def _run(self, queue: str, payload: bytes) -> InlineRun:
-        self.worker.error = None
-        ack = self.worker._execute(queue, payload)  # decode, unique, middleware, handler, outcome
-        run = InlineRun(self.worker.last_job or Job.from_json(payload), _OUTCOMES[ack.outcome],
-                        self.worker.error)
+        worker = self.worker
+        worker.error = worker.last_job = None
+        # the worker's own path for one fetched payload: decode, unique lock, middleware and
+        # handler, then the outcome (success, retry with backoff, dead, dropped) as an ack
+        worker.buffer.append((queue, payload))
+        worker._process_next()
+        ack = worker.acks.pop()
+        job = worker.last_job  # None when no handler ran: a stray name, a malformed payload
+        if job is None:
+            job = Job.from_json(ack.payload or payload)
+        run = InlineRun(job, _OUTCOMES[ack.outcome], worker.error)
         self.runs.append(run)
         if ack.outcome == "r":
             self._schedule(queue, ack.payload, ack.score)
-        if run.error is not None and self.raise_errors:
-            raise run.error
+        if self.raise_errors:
+            if run.error is not None:
+                raise run.error
+            if worker.last_job is None:  # in production it would sit in the dead set
+                raise RuntimeError(f"job {job.name!r} moved to dead: {job.err}")
         return run
 
 
@@ -208,9 +225,11 @@ class _InlineWorker(Worker):
         self.last_job: Job | None = None
 
     def _run(self, job: Job, job_type: JobType) -> BaseException | None:
-        self.last_job = job
-        self.error = super()._run(job, job_type)
-        return self.error
+        error = super()._run(job, job_type)
+        # set once the job is over, so a job enqueued (and run) from inside it does not
+        # leave its own in the outer job's record
+        self.last_job, self.error = job, error
+        return error
 
     def _take_unique(self, job: Job, raw: bytes) -> Job:
         key = job.unique_key or self.keys.unique(job.name, job.args)

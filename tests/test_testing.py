@@ -49,6 +49,38 @@ def test_enqueue_runs_at_once_through_middleware_and_the_json_round_trip() -> No
     assert [s[1] for s in seen[1:]] == [{"i": 0}, {"i": 1}, {"i": 2}] and len(many) == 3
 
 
+def test_a_job_enqueued_by_a_job_runs_at_once_and_each_is_recorded() -> None:
+    app = App()
+    jobs = InlineEnqueuer(app, raise_errors=False)
+    order: list[str] = []
+
+    @app.job("outer")
+    def outer(job) -> None:
+        order.append("outer starts")
+        jobs.enqueue("inner", {"from": job.id})
+        order.append("outer ends")
+        raise RuntimeError("outer failed after enqueueing")
+
+    @app.job("inner")
+    def inner(job) -> None:
+        order.append("inner")
+
+    parent = jobs.enqueue("outer", {})
+    assert order == ["outer starts", "inner", "outer ends"]
+    assert [(r.job.name, r.outcome) for r in jobs.runs] == [("inner", "done"), ("outer", "retry")]
+    assert jobs.runs[0].job.args == {"from": parent.id} and jobs.runs[0].error is None
+    assert str(jobs.runs[1].error) == "outer failed after enqueueing"
+
+
+def test_a_payload_naming_no_registered_job_goes_dead() -> None:
+    jobs = InlineEnqueuer(make_app([]), raise_errors=False)
+    jobs.enqueue("nobody", {"x": 1})
+    (run,) = jobs.runs
+    assert run.outcome == "dead" and run.job.name == "nobody" and run.job.err == "stray job: no handler"
+    with pytest.raises(RuntimeError, match="job 'nobody' moved to dead: stray job: no handler"):
+        InlineEnqueuer(make_app([])).enqueue("nobody", {})
+
+
 @pytest.mark.parametrize("args", [{"s": {1, 2}}, {"o": object()}, {"n": float("nan")}, ["list"]])
 def test_arguments_that_are_not_json_fail_at_enqueue(args) -> None:
     seen: list = []
