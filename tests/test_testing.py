@@ -181,18 +181,36 @@ def readme_files() -> dict[str, str]:
     return files
 
 
+def write_project(root: Path, files: dict[str, str]) -> None:
+    for name, source in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    (root / "myapp" / "__init__.py").write_text("")
+
+
+def run_pytest(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "tests"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
 def test_the_readme_example_runs_as_a_users_project(tmp_path) -> None:
     files = readme_files()
     assert set(files) == {"myapp/jobs.py", "conftest.py", "tests/test_jobs.py"}
-    for name, source in files.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source)
-    (tmp_path / "myapp" / "__init__.py").write_text("")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
+    write_project(tmp_path, files)
+    result = run_pytest(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
+
+
+def test_the_app_can_come_from_the_ini_option(tmp_path) -> None:
+    files = readme_files()
+    files["conftest.py"] = 'pytest_plugins = ["prefork_work.testing"]\n'
+    files["pytest.ini"] = "[pytest]\nprefork_work_app = myapp.jobs:app\nprefork_work_namespace = mine\n"
+    write_project(tmp_path, files)
+    result = run_pytest(tmp_path, "-k", "through_redis")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
