@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,6 +30,7 @@ from prefork_work.loops.heartbeater import Heartbeater, PoolInfo, hostname
 from prefork_work.loops.periodic import PeriodicEnqueuer
 from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
+from prefork_work.safepath import prepare_imports
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
 from prefork_work.worker import OutageWait, Worker, default_backoff, observation_args
@@ -166,7 +166,7 @@ class WorkServer:
         self.keys = Keys(config.server.namespace)
         self.redis = redis_from_url(redis_url, client_name="prefork-work:master",
                                     socket_timeout=config.redis.socket_timeout,
-                                    cluster=config.redis.cluster)
+                                    cluster=config.redis.cluster, settings=config.redis)
         self.pools = PoolStore(self.redis, self.keys)
         self.supervisor: Supervisor | None = None
         self.reaped_local = False
@@ -238,9 +238,7 @@ class WorkServer:
         if self.config.path is None:
             raise ConfigError("no config file to reload")
         config = load_config(self.config.path)
-        for path in config.server.python_path:
-            if path not in sys.path:
-                sys.path.insert(0, path)
+        prepare_imports(config.server.python_path)
         self.app = reimport_app(config.server.app)
         fixed = [name for name, old, new in (
             ("redis.url", self.config.redis.url, config.redis.url),
@@ -324,9 +322,11 @@ class WorkServer:
         """This child's worker, its pool's heartbeat written first, so no reaper takes the pool
         for dead before its first fetch. RedisUnavailable when Redis (or, for a cluster
         client, which connects as it is built, every node) cannot be reached."""
+        if self.embedded is not None:  # the socket is still served by our redis-server
+            self.embedded.verify()
         client = redis_from_url(self.redis_url, client_name=f"prefork-work:child:{ctx.index}",
                                 socket_timeout=self.config.redis.socket_timeout,
-                                cluster=self.config.redis.cluster)
+                                cluster=self.config.redis.cluster, settings=self.config.redis)
         Heartbeater(PoolStore(client, self.keys), list, host=self.host).beat_one(
             self._pool_info(os.getpid(), record), time.time())
         return Worker(
@@ -407,9 +407,12 @@ def _observation_args(raw: bytes) -> str:
 def start_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
     if config.redis.url:
         return config.redis.url, None
-    embedded = EmbeddedRedis(Path(config.server.state_dir) / "redis", persist=True)
+    embedded = EmbeddedRedis.for_state_dir(config.server.state_dir, config.path)
     embedded.start()
-    log.info("started embedded redis", socket=str(embedded.socket_path))
+    assert embedded.binary is not None and embedded.process is not None
+    log.info("started embedded redis", server=embedded.binary.name,
+             version=embedded.binary.version_text, binary=embedded.binary.path,
+             pid=embedded.process.pid, socket=str(embedded.socket_path))
     return embedded.url, embedded
 
 
