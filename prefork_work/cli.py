@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                               "(so they do not show in ps)")
     enqueue.add_argument("--any-name", action="store_true",
                          help="allow a name the app does not register (a job for another service)")
+    from prefork_work import admin_cli
+
+    admin_cli.add_commands(commands)  # queues, workers, jobs, status, drain, ... (README "Admin CLI")
     return parser
 
 
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     try:
         config = load_config(args.config)
+        if args.command in _admin_commands():
+            return _admin(config, args)
         prepare_imports(config.server.python_path)
         from prefork_work.server import load_app
 
@@ -83,6 +88,34 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailable as err:
         print(f"prefork-work: {err}", file=sys.stderr)
         return EX_UNAVAILABLE
+
+
+def _admin_commands() -> tuple[str, ...]:
+    from prefork_work.admin_cli import COMMANDS
+
+    return COMMANDS
+
+
+def _admin(config: Config, args: argparse.Namespace) -> int:
+    """An operator's command: needs the config and Redis, not the job module."""
+    from prefork_work import admin_cli
+    from prefork_work.client import Client
+    from prefork_work.connection import redis_from_url
+    from prefork_work.logging import configure_logging
+
+    configure_logging(config.log.format, config.log.level)  # stderr: stdout is the output
+
+    def connect() -> Client:
+        client = redis_from_url(redis_url_for(config), client_name="prefork-work:admin",
+                                socket_timeout=config.redis.socket_timeout,
+                                cluster=config.redis.cluster, settings=config.redis)
+        return Client(config.server.namespace, client)
+
+    try:
+        return admin_cli.run(args, connect)
+    except admin_cli.UsageError as err:
+        print(f"prefork-work {args.command}: {err}", file=sys.stderr)
+        return EX_USAGE
 
 
 def _check_redis(config: Config) -> str:
