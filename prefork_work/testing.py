@@ -30,17 +30,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
-import redis
 
 from prefork_work.app import App, JobType
-from prefork_work.connection import redis_from_url
+from prefork_work.connection import redis_from_url, wipe
 from prefork_work.embedded import EmbeddedRedis
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.worker import Worker
+
+if TYPE_CHECKING:
+    import redis
+
+# Inline mode talks to no Redis: its enqueuer's and worker's store gets no client at all (a
+# stray call would fail loudly on None rather than reach some server)
+NO_REDIS: Any = None
 
 __all__ = [
     "FakeClock", "InlineEnqueuer", "InlineRun", "RedisServer", "wait_until",
@@ -96,8 +102,8 @@ class InlineEnqueuer(Enqueuer):
     def __init__(self, app: App, *, clock: FakeClock | None = None, raise_errors: bool = True,
                  namespace: str = INLINE_NAMESPACE) -> None:
         self.clock: FakeClock = clock or FakeClock()
-        # a client that is never connected: every Redis call goes to _InlineStore instead
-        super().__init__(namespace, redis.Redis(unix_socket_path="/nonexistent"), clock=self.clock)
+        # no client: every enqueue path ends in _InlineStore instead
+        super().__init__(namespace, NO_REDIS, clock=self.clock)
         self.app = app
         self.raise_errors = raise_errors
         self.store = _InlineStore(self)  # type: ignore[assignment]
@@ -217,7 +223,7 @@ class _InlineWorker(Worker):
     """The real Worker's job path (decode, middleware chain, outcome) without its Redis."""
 
     def __init__(self, owner: InlineEnqueuer) -> None:
-        super().__init__(owner.app, redis.Redis(unix_socket_path="/nonexistent"),
+        super().__init__(owner.app, NO_REDIS,
                          owner.keys.namespace, observer=_NoObserver(), clock=owner.clock,
                          lifecycle_hooks=False)
         self.owner = owner
@@ -289,8 +295,7 @@ def prefork_redis(prefork_redis_server: RedisServer) -> Iterator[redis.Redis]:
     if not prefork_redis_server.alive():  # a test may have stopped it
         prefork_redis_server.start()
     client = prefork_redis_server.client()
-    client.flushall()
-    client.script_flush()
+    wipe(client)
     yield client
     client.close()
 
