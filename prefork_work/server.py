@@ -83,7 +83,11 @@ def reimport_app(spec: str) -> App:
     else:
         sys.modules.pop(spec.partition(":")[0], None)
     importlib.invalidate_caches()
-    return load_app(spec)
+    app = load_app(spec)
+    # the new module's globals are fresh: its startup hooks run before its first fork; a
+    # failure fails the reload (before the server swaps apps) and the old generation runs on
+    app.run_hooks("startup")
+    return app
 
 
 @dataclass(slots=True)
@@ -355,6 +359,7 @@ class WorkServer:
         return tasks
 
     def shutdown(self) -> None:
+        self.app.run_hooks("shutdown")  # the last child is gone; Redis is still up
         if self.embedded is not None:
             self.embedded.stop()  # last: SHUTDOWN flushes its append-only file
             log.info("stopped embedded redis")
@@ -363,11 +368,14 @@ class WorkServer:
     def child_main(self, ctx: ChildContext) -> int:
         record: ChildRecord = ctx.data["record"]
         structlog.contextvars.bind_contextvars(pool_id=record.pool_id)
+        # after fork, before the first fetch; HookFailed fails this child's start (the
+        # master's crash-loop backoff applies and its log names the hook)
+        self.app.run_hooks("child_start")
         outage = OutageWait(log)
         worker: Worker | None = None
         while worker is None:
             if ctx.stop_requested or not ctx.master_alive():
-                return 0
+                return self._child_stopped()
             try:
                 worker = self._child_worker(ctx, record)
             except RedisUnavailable as err:
@@ -384,7 +392,12 @@ class WorkServer:
             # master reclaims them when this child is gone)
             job_id, _, name = ctx.interrupted_label.partition(" ")
             log.info("interrupted; the job goes back to its queue", job_id=job_id, job_name=name)
-            raise
+            raise  # no exit hooks: this is not a clean stop
+        return self._child_stopped()
+
+    def _child_stopped(self) -> int:
+        """A clean stop (drain, recycle, TTOU): a fast stop raises Interrupted past this."""
+        self.app.run_hooks("child_exit")
         return 0
 
     def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:
@@ -400,6 +413,7 @@ class WorkServer:
             self._pool_info(os.getpid(), record), time.time())
         return Worker(
             self.app, client, self.config.server.namespace,
+            lifecycle_hooks=False,  # child_main runs them: start before ready, exit after
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
@@ -495,6 +509,7 @@ def run(config: Config, app: App) -> int:
     try:
         server = WorkServer(config, app, redis_url, embedded)
         server.announce()
+        app.run_hooks("startup")  # HookFailed is a ConfigError: exit 78, like an import error
     except BaseException:
         if embedded is not None:
             embedded.stop()

@@ -165,6 +165,7 @@ class Worker:
         batch_seconds: float = 0.005,
         idle_waits: Sequence[float] = DEFAULT_IDLE_WAITS,
         requeue_exceptions: tuple[type[BaseException], ...] = (),
+        lifecycle_hooks: bool = True,
         clock: Callable[[], float] = time.time,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
@@ -190,6 +191,9 @@ class Worker:
         self.idle_waits = tuple(idle_waits) or DEFAULT_IDLE_WAITS
         # exceptions that mean "stop now, this job did not fail" (the server's Interrupted)
         self.requeue_exceptions = requeue_exceptions
+        # work() runs the app's on_child_start/on_child_exit hooks, as a prefork child does
+        # (the server runs them itself around its children's work() and passes False)
+        self.lifecycle_hooks = lifecycle_hooks
         # what may escape the dispatch of a fetched payload; anything else makes it malformed
         self._passthrough: tuple[type[BaseException], ...] = (RedisUnavailable, *requeue_exceptions)
         self.max_payload_bytes = max_payload_bytes
@@ -278,7 +282,13 @@ class Worker:
         Stops only between jobs: a running job always finishes. On the way out, finished
         jobs are acknowledged and unstarted prefetched jobs go back to the front of their
         queues.
+
+        With ``lifecycle_hooks`` (the default), the app's ``on_child_start`` hooks run before
+        the first fetch (one raising stops ``work()`` with ``HookFailed``) and its
+        ``on_child_exit`` hooks after a clean stop; ``run_one()`` and ``drain()`` run none.
         """
+        if self.lifecycle_hooks:
+            self.app.run_hooks("child_start")
         try:
             while not self.stop_requested and not (until and until()):
                 left = max_jobs - self.jobs_done if max_jobs else None
@@ -298,6 +308,8 @@ class Worker:
                     self.outage.wait(err)
         finally:
             self.close()
+        if self.lifecycle_hooks:  # not reached when a job's requeue exception ends work()
+            self.app.run_hooks("child_exit")
 
     def request_stop(self) -> None:
         """Stop after the running job (callable from a signal handler: it only sets a flag)."""
