@@ -117,6 +117,7 @@ class ConcurrentWorker(Worker):
         self.alone_running = False
         self.started = 0
         self.interrupting = False
+        self.requeued_in_flight = False
         self._executor: ThreadPoolExecutor | None = None
         self._wake: asyncio.Future[None] | None = None
         self._async_names = {n for n, t in app.job_types.items() if t.is_async}  # decided once
@@ -131,7 +132,25 @@ class ConcurrentWorker(Worker):
         max_jobs: int | None = None,
     ) -> None:
         """As ``Worker.work``; on stop every job in flight finishes first (SIGTERM's drain);
-        on ``interrupted()`` (INT/QUIT) they all go back to the front of their queues."""
+        on ``interrupted()`` (INT/QUIT) they all go back to the front of their queues.
+
+        With ``lifecycle_hooks`` (the default), as ``Worker.work``: the app's
+        ``on_child_start`` hooks before the first fetch (one raising stops ``work()`` with
+        ``HookFailed``), its ``on_child_exit`` hooks after a clean stop (not after an
+        interrupt that requeued jobs in flight; with none, it is a clean stop); ``drain()``
+        runs none."""
+        if self.lifecycle_hooks:
+            self.app.run_hooks("child_start")
+        self._work(until, quiet, max_jobs)
+        if self.lifecycle_hooks and not self.requeued_in_flight:
+            self.app.run_hooks("child_exit")
+
+    def _work(
+        self,
+        until: Callable[[], bool] | None,
+        quiet: Callable[[], bool] | None,
+        max_jobs: int | None,
+    ) -> None:
         loop = new_event_loop()
         try:
             loop.run_until_complete(self._main(until, quiet, max_jobs))
@@ -146,7 +165,7 @@ class ConcurrentWorker(Worker):
     def drain(self) -> int:
         """Run jobs until a fetch finds none and nothing is in flight; returns how many ran."""
         before = self.jobs_done
-        self.work(until=lambda: not self.tasks and not self.buffer and self._last_fetch == 0)
+        self._work(lambda: not self.tasks and not self.buffer and self._last_fetch == 0, None, None)
         return self.jobs_done - before
 
     _last_fetch = -1
@@ -330,6 +349,7 @@ class ConcurrentWorker(Worker):
         """A fast stop: every job in flight and every unstarted one goes back to its queue."""
         self.interrupting = True
         held = list(self.in_flight.values())
+        self.requeued_in_flight = bool(held)  # not a clean stop (no exit hooks)
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()

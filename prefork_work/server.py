@@ -84,7 +84,11 @@ def reimport_app(spec: str) -> App:
     else:
         sys.modules.pop(spec.partition(":")[0], None)
     importlib.invalidate_caches()
-    return load_app(spec)
+    app = load_app(spec)
+    # the new module's globals are fresh: its startup hooks run before its first fork; a
+    # failure fails the reload (before the server swaps apps) and the old generation runs on
+    app.run_hooks("startup")
+    return app
 
 
 @dataclass(slots=True)
@@ -427,6 +431,7 @@ class WorkServer:
         return tasks
 
     def shutdown(self) -> None:
+        self.app.run_hooks("shutdown")  # the last child is gone; Redis is still up
         if self.embedded is not None:
             self.embedded.stop()  # last: SHUTDOWN flushes its append-only file
             log.info("stopped embedded redis")
@@ -435,11 +440,14 @@ class WorkServer:
     def child_main(self, ctx: ChildContext) -> int:
         record: ChildRecord = ctx.data["record"]
         structlog.contextvars.bind_contextvars(pool_id=record.pool_id)
+        # after fork, before the first fetch; HookFailed fails this child's start (the
+        # master's crash-loop backoff applies and its log names the hook)
+        self.app.run_hooks("child_start")
         outage = OutageWait(log)
         worker: Worker | None = None
         while worker is None:
             if ctx.stop_requested or not ctx.master_alive():
-                return 0
+                return self._child_stopped()
             try:
                 worker = self._child_worker(ctx, record)
             except RedisUnavailable as err:
@@ -452,7 +460,9 @@ class WorkServer:
             worker.work(until=lambda: (ctx.stop_requested and not ctx.interrupted)
                         or not ctx.master_alive(),
                         quiet=MasterWatch(ctx, MASTER_SILENCE), max_jobs=ctx.max_jobs)
-            return 0
+            if worker.requeued_in_flight:
+                return 0  # a fast stop requeued jobs in flight: not a clean stop, no exit hooks
+            return self._child_stopped()
         try:
             worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
                         quiet=MasterWatch(ctx, MASTER_SILENCE), max_jobs=ctx.max_jobs)
@@ -462,7 +472,12 @@ class WorkServer:
             # master reclaims them when this child is gone)
             job_id, _, name = ctx.interrupted_label.partition(" ")
             log.info("interrupted; the job goes back to its queue", job_id=job_id, job_name=name)
-            raise
+            raise  # no exit hooks: this is not a clean stop
+        return self._child_stopped()
+
+    def _child_stopped(self) -> int:
+        """A clean stop (drain, recycle, TTOU): a fast stop raises Interrupted past this."""
+        self.app.run_hooks("child_exit")
         return 0
 
     def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:
@@ -481,6 +496,7 @@ class WorkServer:
             grace = self.config.server.hard_timeout_grace
             return ConcurrentWorker(
                 self.app, client, self.config.server.namespace,
+                lifecycle_hooks=False,  # child_main runs them, as for Worker
                 jobs_per_child=jobs_per_child, pool_id=record.pool_id,
                 worker_ids=record.worker_ids,
                 observers=[ScoreboardObserver(ctx, grace, i) for i in range(jobs_per_child)],
@@ -493,6 +509,7 @@ class WorkServer:
             )
         return Worker(
             self.app, client, self.config.server.namespace,
+            lifecycle_hooks=False,  # child_main runs them: start before ready, exit after
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
@@ -603,6 +620,7 @@ def run(config: Config, app: App) -> int:
     try:
         server = WorkServer(config, app, redis_url, embedded)
         server.announce()
+        app.run_hooks("startup")  # HookFailed is a ConfigError: exit 78, like an import error
     except BaseException:
         if embedded is not None:
             embedded.stop()
