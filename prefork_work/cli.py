@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("args", nargs="?", default="{}", help="arguments as a JSON object")
     enqueue.add_argument("--any-name", action="store_true",
                          help="allow a name the app does not register (a job for another service)")
+    web = commands.add_parser(
+        "web", help="serve the dashboard, JSON API and /metrics (needs prefork-work[web])")
+    web.add_argument("--listen", metavar="HOST:PORT",
+                     help="address to bind (default: [web] listen, else 127.0.0.1:5040)")
     return parser
 
 
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         _prepare_imports(config)
+        if args.command == "web":
+            return _web(config, args.listen)
         from prefork_work.server import load_app
 
         app = load_app(config.server.app)
@@ -92,6 +98,20 @@ def redis_url_for(config: Config) -> str:
             "does not exist): start the server with this config first"
         )
     return f"unix://{socket_path}"
+
+
+def _web(config: Config, listen: str | None) -> int:
+    """The web app alone; it needs no job module, only the config and Redis."""
+    try:
+        from prefork_work.web.run import serve
+    except ImportError as err:
+        print(f"prefork-work: the web app needs its extra: pip install 'prefork-work[web]' "
+              f"({err})", file=sys.stderr)
+        return EX_CONFIG
+    from prefork_work.logging import configure_logging
+
+    configure_logging(config.log.format, config.log.level)
+    return serve(config, listen, redis_url_for(config))
 
 
 def _enqueue(config: Config, name: str, raw_args: str) -> int:
