@@ -33,6 +33,7 @@ from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
+from prefork_work.web_process import WebProcess
 from prefork_work.worker import OutageWait, Worker, default_backoff, observation_args
 from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask, Supervisor
 
@@ -40,6 +41,7 @@ log = structlog.get_logger("prefork_work.server")
 
 OBSERVATION_INTERVAL = 1.0  # gocraft's observer flushes once a second
 EMBEDDED_CHECK_INTERVAL = 1.0
+WEB_CHECK_INTERVAL = 1.0
 
 
 def supervisor_settings(config: Config) -> dict[str, Any]:
@@ -157,6 +159,7 @@ class WorkServer:
         self.app = app
         self.redis_url = redis_url
         self.embedded = embedded
+        self.web: WebProcess | None = None  # [web] listen: the supervised web app (run())
         self.master_id = make_identifier()
         self.host = hostname()
         self.keys = Keys(config.server.namespace)
@@ -277,12 +280,16 @@ class WorkServer:
             PeriodicTask("periodic", self.periodic.interval,
                          outage.tolerate("periodic", lambda now: self.periodic.tick(now))),
         ]
+        if self.web is not None:
+            tasks.append(PeriodicTask("web", WEB_CHECK_INTERVAL, self._check_web, run_at_start=False))
         if self.embedded is not None:
             tasks.append(PeriodicTask("embedded-redis", EMBEDDED_CHECK_INTERVAL, self._check_embedded,
                                       run_at_start=False))
         return tasks
 
     def shutdown(self) -> None:
+        if self.web is not None:
+            self.web.stop()  # first: it reads Redis until the end
         if self.embedded is not None:
             self.embedded.stop()  # last: SHUTDOWN flushes its append-only file
             log.info("stopped embedded redis")
@@ -338,6 +345,11 @@ class WorkServer:
         if not self.embedded.alive() and not (self.supervisor and self.supervisor.stopping):
             log.error("embedded redis died; restarting it")
             self.embedded.start()
+
+    def _check_web(self, now: float) -> None:
+        assert self.web is not None
+        if not (self.supervisor and self.supervisor.stopping):
+            self.web.check()
 
     def _records(self) -> list[ChildRecord]:
         children = self.supervisor.children if self.supervisor else []
@@ -411,4 +423,8 @@ def run(config: Config, app: App) -> int:
         raise
     supervisor = Supervisor(server, title="prefork-work", **supervisor_settings(config))
     server.supervisor = supervisor
+    if config.web.listen and config.path is not None:
+        # a process of its own, not a job worker: see web_process.py
+        server.web = WebProcess(config.path, config.web.listen)
+        server.web.start()
     return supervisor.run()
