@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -31,6 +32,15 @@ PARENT_ENV = "PREFORK_WORK_WEB_PARENT"
 SAMPLE_INTERVAL = 60.0
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (for embedding); this is
+    the process's own server, so a requested stop ends with exit 0, as the job server does."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 def serve(config: Config, listen: str | None, redis_url: str) -> int:
     listen = listen or config.web.listen or DEFAULT_LISTEN
     try:
@@ -49,7 +59,7 @@ def serve(config: Config, listen: str | None, redis_url: str) -> int:
         # on loopback the Host header must name loopback too: a page whose DNS name
         # rebinds to 127.0.0.1 cannot then reach the app through the operator's browser
         app = TrustedHostMiddleware(app, allowed_hosts=["localhost", "127.0.0.1", host])
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                            access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=5))
     stop = threading.Event()
