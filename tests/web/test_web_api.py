@@ -392,3 +392,18 @@ def test_metrics_route_serves_prometheus_exposition(r, web) -> None:
     families = list(parser.text_string_to_metric_families(response.text))
     assert families
 
+
+
+def test_mounted_under_a_prefix_links_follow_it(r, redis_server) -> None:
+    from fastapi import FastAPI
+
+    parent = FastAPI()
+    parent.mount("/ops/work", create_app(Client(NS, redis_server.client())))
+    web = TestClient(parent)
+    Enqueuer(NS, r).enqueue("wat", {})
+    assert web.get("/ops/work/api/queues").json()[0]["count"] == 1
+    assert web.get("/ops/work/api/openapi.json").status_code == 200
+    html = web.get("/ops/work/ui/queues").text
+    assert 'href="/ops/work/ui/dead"' in html and 'src="/ops/work/static/dashboard.js"' in html
+    assert 'data-url="/ops/work/api/queues/wat/pause"' in html
+    assert web.get("/ops/work/static/dashboard.js").status_code == 200

@@ -54,7 +54,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def dashboard(redis_server, r) -> Iterator[str]:
+def dashboard(redis_server, r, request) -> Iterator[str]:
     """The app served by a real uvicorn on a free loopback port, in a thread of this process."""
     import uvicorn
 
@@ -63,7 +63,7 @@ def dashboard(redis_server, r) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(Client(NS, redis_server.client()))
+    app = create_app(Client(NS, redis_server.client()), token=getattr(request, "param", None))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -126,4 +126,26 @@ def test_pause_button_and_errors_are_shown_as_text(browser, dashboard, r) -> Non
     page.locator(f"tr[data-job-id='{job.id}']").get_by_role("button", name="retry").click()
     page.locator("#flash").wait_for(state="visible", timeout=10_000)
     assert page.locator("#flash").inner_text() == "nothing retried"
+    page.close()
+
+
+@pytest.mark.parametrize("dashboard", ["tok3n"], indirect=True)
+def test_a_change_asks_for_the_token_once(browser, dashboard, r) -> None:
+    r.sadd(K.known_jobs(), "wat")
+    page = browser.new_page()  # type: ignore[attr-defined]
+    prompts: list[str] = []
+
+    def answer(dialog) -> None:  # type: ignore[no-untyped-def]
+        prompts.append(dialog.message)
+        dialog.accept("tok3n")
+
+    page.on("dialog", answer)
+    page.goto(dashboard + "/ui/queues")
+    assert "changes need the token" in page.locator("header").inner_text()
+    with page.expect_navigation():
+        page.locator("tr[data-queue='wat']").get_by_role("button", name="pause").click()
+    assert r.exists(K.paused("wat")) and len(prompts) == 1 and "token" in prompts[0]
+    with page.expect_navigation():  # the tab keeps the token: no second prompt
+        page.locator("tr[data-queue='wat']").get_by_role("button", name="unpause").click()
+    assert not r.exists(K.paused("wat")) and len(prompts) == 1
     page.close()

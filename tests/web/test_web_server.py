@@ -59,8 +59,8 @@ def write_config(tmp_path: Path, redis_url: str, web: dict | None = None, concur
 
 
 def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    environment = dict(os.environ, RELEASE=str(tmp_path / "release"), **(env or {}))
-    environment.pop("PREFORK_WORK_WEB_TOKEN", None) if "PREFORK_WORK_WEB_TOKEN" not in (env or {}) else None
+    environment = {k: v for k, v in os.environ.items() if k != "PREFORK_WORK_WEB_TOKEN"}
+    environment.update(RELEASE=str(tmp_path / "release"), **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "prefork_work.cli", *args],
                             stdout=open(tmp_path / "out.log", "ab"), stderr=subprocess.STDOUT,
                             env=environment)
@@ -145,6 +145,17 @@ def test_non_loopback_with_a_token_from_the_environment_starts(tmp_path, redis_u
     ok = httpx.post(base + "/api/queues/wat/pause", timeout=5,
                     headers={"Authorization": "Bearer from-env"})
     assert ok.status_code == 200 and r.exists(f"{NS}:jobs:wat:paused")
+
+
+def test_web_process_exits_when_its_master_is_gone(tmp_path, redis_url, r, processes) -> None:
+    """PREFORK_WORK_WEB_PARENT names the master; a parent that is not it (the master died and
+    the process was re-parented) stops the web app, so it never holds the port alone."""
+    port = free_port()
+    config = write_config(tmp_path, redis_url)
+    web = start(tmp_path, "-c", str(config), "web", "--listen", f"127.0.0.1:{port}",
+                env={"PREFORK_WORK_WEB_PARENT": str(os.getpid() + 1_000_000)})
+    processes.append(web)
+    assert web.wait(30) == 0
 
 
 def test_bad_listen_value_exits_78_naming_the_key(tmp_path, redis_url) -> None:
