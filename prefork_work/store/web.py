@@ -64,6 +64,10 @@ class WebStore(AdminStore):
         self.redis.set(self.keys.web_minute(minute), snapshot, nx=True, ex=MINUTE_SNAPSHOT_TTL)
 
     @translate_errors
+    def has_minute(self, minute: int) -> bool:
+        return bool(self.redis.exists(self.keys.web_minute(minute)))
+
+    @translate_errors
     def minutes(self, minutes: Sequence[int]) -> list[bytes | None]:
         if not minutes:
             return []
