@@ -14,8 +14,9 @@ from types import FrameType
 
 import structlog
 import uvicorn
-from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prefork_work.client import Client
 from prefork_work.config import Config, is_loopback, parse_listen, web_access_problem
@@ -55,10 +56,8 @@ def serve(config: Config, listen: str | None, redis_url: str) -> int:
     client = Client(config.server.namespace, redis)
     app: ASGIApp = create_app(client, read_only=config.web.read_only,
                               token=config.web.token or None)
-    if is_loopback(host) and ":" not in host:
-        # on loopback the Host header must name loopback too: a page whose DNS name
-        # rebinds to 127.0.0.1 cannot then reach the app through the operator's browser
-        app = TrustedHostMiddleware(app, allowed_hosts=["localhost", "127.0.0.1", host])
+    if is_loopback(host):
+        app = loopback_hosts_only(app, host)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                            access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=5))
@@ -76,6 +75,33 @@ def serve(config: Config, listen: str | None, redis_url: str) -> int:
     finally:
         stop.set()
     return 0 if server.started else 1
+
+
+def loopback_hosts_only(app: ASGIApp, listen_host: str) -> ASGIApp:
+    """Refuse requests whose Host header is not a loopback name: on loopback, a web page
+    whose DNS name rebinds to 127.0.0.1 cannot then reach the app through the operator's
+    browser (its requests carry the page's own host name)."""
+    allowed = {"localhost", "127.0.0.1", "::1", listen_host}
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            name = _host_name(Headers(scope=scope).get("host", ""))
+            if name not in allowed:
+                response = JSONResponse(
+                    {"error": f"host {name!r} refused: this app answers loopback names only"},
+                    status_code=400)
+                await response(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def _host_name(header: str) -> str:
+    """``127.0.0.1:5040`` -> ``127.0.0.1``; ``[::1]:5040`` -> ``::1``."""
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.partition(":")[0]
 
 
 def _sample_minutes(client: Client, stop: threading.Event) -> None:

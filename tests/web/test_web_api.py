@@ -407,3 +407,15 @@ def test_mounted_under_a_prefix_links_follow_it(r, redis_server) -> None:
     assert 'href="/ops/work/ui/dead"' in html and 'src="/ops/work/static/dashboard.js"' in html
     assert 'data-url="/ops/work/api/queues/wat/pause"' in html
     assert web.get("/ops/work/static/dashboard.js").status_code == 200
+
+
+def test_on_loopback_other_host_names_are_refused(r, redis_server) -> None:
+    """DNS rebinding: the `web` command wraps the app this way when it listens on loopback."""
+    from prefork_work.web.run import loopback_hosts_only
+
+    web = TestClient(loopback_hosts_only(create_app(Client(NS, redis_server.client())), "127.0.0.1"))
+    for host in ("127.0.0.1:5040", "localhost:5040", "[::1]:5040", "localhost"):
+        assert web.get("/api/queues", headers={"Host": host}).status_code == 200, host
+    refused = web.post("/api/queues/wat/pause", headers={"Host": "evil.example:5040"})
+    assert refused.status_code == 400 and "evil.example" in refused.json()["error"]
+    assert not r.exists(K.paused("wat"))
