@@ -125,11 +125,7 @@ def test_non_loopback_without_token_or_read_only_exits_78(tmp_path, redis_url, r
     assert result.returncode == 78, result.stderr
     assert "not a loopback address" in result.stderr and "token" in result.stderr
     assert "read_only" in result.stderr and "Traceback" not in result.stderr
-    # the same in the config: the server refuses to start at all
-    config = write_config(tmp_path, redis_url, {"listen": f"0.0.0.0:{free_port()}"})
-    result = subprocess.run([sys.executable, "-m", "prefork_work.cli", "-c", str(config)],
-                            capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 78 and "web.listen" in result.stderr, result.stderr
+    # the server refuses the same [web] listen through the same check: test_web_config.py
 
 
 def test_web_process_exits_when_its_master_is_gone(tmp_path, redis_url, r, processes) -> None:
@@ -141,13 +137,6 @@ def test_web_process_exits_when_its_master_is_gone(tmp_path, redis_url, r, proce
                 env={"PREFORK_WORK_WEB_PARENT": str(os.getpid() + 1_000_000)})
     processes.append(web)
     assert web.wait(30) == 0
-
-
-def test_bad_listen_value_exits_78_naming_the_key(tmp_path, redis_url) -> None:
-    config = write_config(tmp_path, redis_url, {"listen": "5040"})
-    result = subprocess.run([sys.executable, "-m", "prefork_work.cli", "-c", str(config), "--check"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 78 and "web.listen" in result.stderr, result.stderr
 
 
 # --- the server's supervised web process ----------------------------------------------------------
