@@ -26,8 +26,8 @@ HISTORY_MINUTES = 60
 COUNTERS = ("processed", "failed")
 
 
-def counter_totals(client: Client) -> dict[str, int] | None:
-    """Namespace-wide totals of processed and failed jobs; None when no metrics module exists."""
+def metric_families(client: Client) -> list[Any] | None:
+    """The parsed Prometheus exposition of ``prefork_work.metrics``; None without that module."""
     try:
         from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,15 +35,44 @@ def counter_totals(client: Client) -> dict[str, int] | None:
     except ImportError:
         return None
     body, _ = metrics.render(client)
+    return list(text_string_to_metric_families(body.decode("utf-8")))
+
+
+def counter_totals(client: Client) -> dict[str, int] | None:
+    """Namespace-wide totals of processed and failed jobs; None when no metrics module exists."""
+    families = metric_families(client)
+    if families is None:
+        return None
     totals = dict.fromkeys(COUNTERS, 0)
     found = False
-    for family in text_string_to_metric_families(body.decode("utf-8")):
+    for family in families:
         for counter in COUNTERS:
             if family.type == "counter" and family.name.endswith("jobs_" + counter):
                 found = True
                 totals[counter] += int(sum(s.value for s in family.samples
                                            if s.name.endswith("_total")))
     return totals if found else None
+
+
+def host_counters(client: Client) -> dict[str, dict[str, Any]]:
+    """Per host: child deaths by cause and jobs reclaimed, as the masters counted them
+    (``prefork_work_child_deaths``, ``prefork_work_jobs_reclaimed``); {} without metrics."""
+    try:
+        families = metric_families(client)
+    except PreforkWorkError:
+        return {}
+    hosts: dict[str, dict[str, Any]] = {}
+    for family in families or []:
+        for sample in family.samples:
+            host = sample.labels.get("host")
+            if host is None or not sample.name.endswith("_total"):
+                continue
+            entry = hosts.setdefault(host, {"deaths": {}, "reclaimed": 0})
+            if family.name.endswith("child_deaths"):
+                entry["deaths"][sample.labels.get("cause", "?")] = int(sample.value)
+            elif family.name.endswith("jobs_reclaimed"):
+                entry["reclaimed"] = int(sample.value)
+    return hosts
 
 
 def record_minute(client: Client, store: WebStore, now: float | None = None) -> bool:

@@ -114,8 +114,11 @@ class Views:
                     "job_started_at": _int(obs.get("started_at")), "args_json": obs.get("args", ""),
                     "checkin": obs.get("checkin", ""), "checkin_at": _int(obs.get("checkin_at")),
                 })
+        from prefork_work.web.history import host_counters
+
+        counters = host_counters(self.client)
         return [
-            {"host": host, "masters": [
+            {"host": host, **counters.get(host, {"deaths": {}, "reclaimed": 0}), "masters": [
                 {**m, "children": sorted(m["children"], key=lambda c: (c["pid"], c["worker_id"]))}
                 for _, m in sorted(masters.items())
             ]}

@@ -140,6 +140,14 @@ def test_web_process_exits_when_its_master_is_gone(tmp_path, redis_url, r, proce
 
 
 # --- the server's supervised web process ----------------------------------------------------------
+def metrics_available() -> bool:
+    try:
+        import prefork_work.metrics  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def web_children(master: subprocess.Popen[bytes]) -> list[psutil.Process]:
     try:
         children = psutil.Process(master.pid).children()
@@ -187,6 +195,11 @@ def test_supervised_web_process_with_real_workers(tmp_path, redis_url, r, proces
     assert httpx.get(base + "/dead_jobs", timeout=5).json()["count"] == 0
     processes_view = httpx.get(base + "/api/processes", timeout=5).json()
     assert processes_view[0]["masters"][0]["pid"] == master.pid
+    if metrics_available():  # the masters' death counters, per host, on the processes view
+        worker = next(c for c in psutil.Process(master.pid).children() if "web" not in c.cmdline())
+        worker.kill()
+        wait_until(lambda: sum(httpx.get(base + "/api/processes", timeout=5).json()[0]["deaths"]
+                               .values()) == 1, 20, 0.2, "a death counted")
 
     # SIGKILL the web process: the master starts another within a bounded time
     (web,) = web_children(master)
