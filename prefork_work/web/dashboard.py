@@ -40,9 +40,16 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["seg"] = lambda value: quote(str(value), safe="")
     env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
+    env.filters["clip"] = _clip
     env.filters["when"] = _when
     env.filters["duration"] = _duration
     return env
+
+
+def _clip(text: object, limit: int = 2000) -> str:
+    """Page cells show at most ``limit`` characters of user data (the API gives it all)."""
+    value = str(text)
+    return value if len(value) <= limit else value[:limit] + f"… ({len(value):,} characters)"
 
 
 def _when(epoch: int | float | None) -> str:

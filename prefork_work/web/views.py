@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from prefork_work.client import Client
+from prefork_work.client import PAGE_SIZE, Client
 from prefork_work.errors import MalformedJob, NotDeleted, NotRetried
 from prefork_work.job import Job
 from prefork_work.store.web import WebStore
@@ -43,16 +43,22 @@ class Views:
         return [asdict(o) for o in self.client.worker_observations() if o.is_busy]
 
     def jobs_page(self, kind: str, page: int) -> dict[str, Any]:
-        """``{"count": total, "jobs": [{"<score field>": score, ...job}]}`` as gocraft."""
-        if kind == "scheduled":
-            scheduled, count = self.client.scheduled_jobs(page)
-            jobs = [_job_dict("run_at", s.run_at, s.job) for s in scheduled]
-        elif kind == "retry":
-            retry, count = self.client.retry_jobs(page)
-            jobs = [_job_dict("retry_at", r.retry_at, r.job) for r in retry]
-        else:
-            dead, count = self.client.dead_jobs(page)
-            jobs = [_job_dict("died_at", d.died_at, d.job) for d in dead]
+        """``{"count": total, "jobs": [{"<score field>": score, ...job}]}`` as gocraft.
+
+        Unlike gocraft, an entry that cannot be decoded does not fail the page: it is shown
+        with ``name`` and ``id`` empty and its bytes (as text) under ``malformed``."""
+        zset, score_field = {"scheduled": (self.keys.scheduled(), "run_at"),
+                             "retry": (self.keys.retry(), "retry_at"),
+                             "dead": (self.keys.dead(), "died_at")}[kind]
+        page = max(page, 1)
+        members, count = self.store.zset_page(zset, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        jobs = []
+        for member, score in members:
+            try:
+                jobs.append(_job_dict(score_field, int(score), Job.from_json(member)))
+            except MalformedJob:
+                jobs.append({score_field: int(score), "name": "", "id": "",
+                             "malformed": member.decode("utf-8", "replace")})
         return {"count": count, "jobs": jobs}
 
     # --- ours ------------------------------------------------------------------------------------

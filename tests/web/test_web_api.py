@@ -438,3 +438,20 @@ def test_on_loopback_other_host_names_are_refused(r, redis_server) -> None:
     refused = web.post("/api/queues/wat/pause", headers={"Host": "evil.example:5040"})
     assert refused.status_code == 400 and "evil.example" in refused.json()["error"]
     assert not r.exists(K.paused("wat"))
+
+
+def test_a_malformed_entry_does_not_break_a_page(r, web) -> None:
+    dead_jobs(r, 1)
+    r.zadd(K.dead(), {b"{not json <b>": 5})
+    body = web.get("/dead_jobs").json()
+    assert body["count"] == 2
+    assert body["jobs"][0] == {"died_at": 5, "name": "", "id": "", "malformed": "{not json <b>"}
+    html = web.get("/ui/dead").text
+    assert "malformed: {not json &lt;b&gt;" in html and "wat" in html
+
+
+def test_huge_arguments_are_clipped_on_pages(r, web) -> None:
+    Enqueuer(NS, r).enqueue_in("wat", 100, {"blob": "x" * 100_000})
+    html = web.get("/ui/scheduled").text
+    assert len(html) < 20_000 and "characters)" in html
+    assert len(web.get("/scheduled_jobs").json()["jobs"][0]["args"]["blob"]) == 100_000
