@@ -426,5 +426,11 @@ def run(config: Config, app: App) -> int:
     if config.web.listen and config.path is not None:
         # a process of its own, not a job worker: see web_process.py
         server.web = WebProcess(config.path, config.web.listen)
+        try:
+            server.web.check_installed()
+        except BaseException:
+            if embedded is not None:
+                embedded.stop()
+            raise
         server.web.start()
     return supervisor.run()

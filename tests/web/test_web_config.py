@@ -64,3 +64,15 @@ def test_access_problem_text_says_why() -> None:
     problem = web_access_problem("0.0.0.0:5040", "", False)
     assert problem is not None and "anyone who can reach it" in problem
     assert web_access_problem("0.0.0.0:5040", "", True) is None
+
+
+def test_server_refuses_web_listen_without_the_web_extra(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    from prefork_work.web_process import WebProcess
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"web.listen: .*uvicorn.*prefork-work\[web\]"):
+        WebProcess(tmp_path / "work.toml", "127.0.0.1:5040").check_installed()
