@@ -309,7 +309,7 @@ def _writer(read_only: bool, token: str | None) -> Callable[[Request], None]:
         if read_only:
             raise ApiError(403, "this web app is read-only ([web] read_only = true)")
         origin = request.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        if origin is not None and not _same_origin(request, origin):
             # a browser sends Origin on every cross-site POST/DELETE: never act on those
             raise ApiError(403, f"cross-origin request from {origin} refused")
         if expected is not None:
@@ -320,6 +320,16 @@ def _writer(read_only: bool, token: str | None) -> Callable[[Request], None]:
                                {"WWW-Authenticate": "Bearer"})
 
     return may_write
+
+
+def _same_origin(request: Request, origin: str) -> bool:
+    """Origin names this app (its Host, or the Host a reverse proxy says it received), or the
+    request carries the dashboard's header: a page of another origin cannot send that header
+    without a CORS preflight, which this app never grants."""
+    if request.headers.get("x-requested-with") == "prefork-work":
+        return True
+    netloc = urlsplit(origin).netloc
+    return netloc in (request.headers.get("host"), request.headers.get("x-forwarded-host"))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

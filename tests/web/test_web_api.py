@@ -349,6 +349,13 @@ def test_cross_origin_browser_requests_change_nothing(r, web) -> None:
     assert response.status_code == 403 and not r.exists(K.paused("wat"))
     same = web.post("/api/queues/wat/pause", headers={"Origin": "http://testserver"})
     assert same.status_code == 200
+    # behind a reverse proxy: the public name arrives as X-Forwarded-Host, or the dashboard's
+    # header vouches for the request (a cross-site page cannot send it without CORS)
+    r.delete(K.paused("wat"))
+    for headers in ({"X-Forwarded-Host": "jobs.example.com"}, {"X-Requested-With": "prefork-work"}):
+        proxied = web.post("/api/queues/wat/pause",
+                           headers={"Origin": "https://jobs.example.com", **headers})
+        assert proxied.status_code == 200, headers
 
 
 # --- OpenAPI ---------------------------------------------------------------------------------
