@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from prefork_work import __version__
-from prefork_work.config import Config, load_config
+from prefork_work.config import Config, config_warnings, load_config
 from prefork_work.errors import ConfigError, InvalidJobArguments, RedisUnavailable
 from supervisor.exitcodes import EX_CONFIG, EX_UNAVAILABLE
 
@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     enqueue = commands.add_parser("enqueue", help="enqueue one job")
     enqueue.add_argument("name", help="job name")
-    enqueue.add_argument("args", nargs="?", default="{}", help="arguments as a JSON object")
+    enqueue.add_argument("args", nargs="?", default="{}",
+                         help="arguments as a JSON object; - reads them from standard input "
+                              "(so they do not show in ps)")
     enqueue.add_argument("--any-name", action="store_true",
                          help="allow a name the app does not register (a job for another service)")
     web = commands.add_parser(
@@ -62,14 +64,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prefork-work: unknown job name {args.name!r} (the app registers: {known}; "
                       "--any-name enqueues it anyway)", file=sys.stderr)
                 return EX_USAGE
+            _print_warnings(config)
             return _enqueue(config, args.name, args.args)
         if args.check:
+            _print_warnings(config)
             print(f"config ok: {len(app.job_types)} job types, {len(app.periodic_jobs)} periodic")
             return 0
         from prefork_work.logging import configure_logging
         from prefork_work.server import run
 
         configure_logging(config.log.format, config.log.level)
+        _log_warnings(config)
         return run(config, app)
     except ConfigError as err:
         print(f"prefork-work: {err}", file=sys.stderr)
@@ -114,20 +119,39 @@ def _web(config: Config, listen: str | None) -> int:
     return serve(config, listen, redis_url_for(config))
 
 
-def _enqueue(config: Config, name: str, raw_args: str) -> int:
+def _print_warnings(config: Config) -> None:
+    for warning in config_warnings(config):
+        print(f"prefork-work: warning: {warning}", file=sys.stderr)
+
+
+def _log_warnings(config: Config) -> None:
+    import structlog
+
+    for warning in config_warnings(config):
+        structlog.get_logger("prefork_work.config").warning("config warning", problem=warning)
+
+
+def _enqueue(config: Config, name: str, raw_args: str | bytes) -> int:
     from prefork_work.connection import redis_from_url
     from prefork_work.enqueuer import Enqueuer
 
+    if raw_args == "-":
+        # stdin rather than argv: another local user can read any process's argv (ps)
+        if sys.stdin is None:
+            print("prefork-work: args '-' reads standard input, which is closed", file=sys.stderr)
+            return EX_USAGE
+        raw_args = sys.stdin.buffer.read()
     try:
         job_args = json.loads(raw_args)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         print(f"prefork-work: args must be a JSON object: {err}", file=sys.stderr)
         return EX_USAGE
     if not isinstance(job_args, dict):
         print("prefork-work: args must be a JSON object", file=sys.stderr)
         return EX_USAGE
     client = redis_from_url(redis_url_for(config), client_name="prefork-work:cli",
-                            socket_timeout=config.redis.socket_timeout, cluster=config.redis.cluster)
+                            socket_timeout=config.redis.socket_timeout, cluster=config.redis.cluster,
+                            settings=config.redis)
     try:
         job = Enqueuer(config.server.namespace, client).enqueue(name, job_args)
     except InvalidJobArguments as err:

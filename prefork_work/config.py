@@ -11,14 +11,23 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prefork_work.errors import ConfigError
 from prefork_work.keys import has_hash_tag
+from prefork_work.redis_url import (
+    redact_url,
+    url_database,
+    url_has_password,
+    url_options,
+    url_problem,
+    verification_off,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,8 @@ class Setting:
     default: Any
     doc: str
     check: Callable[[Any], str | None] = lambda value: None
+    # how a bad value is quoted in the error (redis.url: without its password)
+    show: Callable[[Any], str] = repr
 
     @property
     def path(self) -> str:
@@ -48,10 +59,8 @@ def _app_spec(value: str) -> str | None:
     return None if re.fullmatch(pattern, value) else 'must look like "package.module:attribute"'
 
 
-def _redis_url(value: str) -> str | None:
-    if value == "" or value.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    return 'must start with redis://, rediss:// or unix:// (or be "" for the embedded Redis)'
+def _show_url(value: Any) -> str:
+    return repr(redact_url(value)) if isinstance(value, str) else "a " + type(value).__name__
 
 
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
@@ -108,9 +117,13 @@ def _namespace(value: str) -> str | None:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("redis", "url", str, "", "Redis URL (redis://, rediss://, unix://); empty: start an embedded redis-server under server.state_dir", _redis_url),
+    Setting("redis", "url", str, "", "Redis URL (redis://, rediss://, unix://); percent-encode / ? # @ in a user name or password (%2F %3F %23 %40); empty: start an embedded redis-server under server.state_dir", url_problem, _show_url),
     Setting("redis", "cluster", bool, False, "true: url names a node of a Redis Cluster (the namespace then needs a {hash tag})"),
     Setting("redis", "socket_timeout", float, 10.0, "seconds any Redis command may take before it counts as a failure", _positive),
+    Setting("redis", "password_file", str, "", "file holding the Redis password (one line), instead of one in url; relative: to $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when set, else to this file"),
+    Setting("redis", "tls_ca_file", str, "", "rediss://: PEM file of the CA(s) that sign the server's certificate; empty: the system's CAs (relative paths as for password_file)"),
+    Setting("redis", "tls_cert_file", str, "", "rediss://: PEM client certificate, for servers that ask for one (tls-auth-clients)"),
+    Setting("redis", "tls_key_file", str, "", "rediss://: PEM private key of tls_cert_file (empty: the key is in tls_cert_file)"),
     Setting("server", "namespace", str, "work", "key prefix shared with gocraft/work services; use {braces} for Redis Cluster", _namespace),
     Setting("server", "app", str, "prefork_work.examples.hello:app", "the job module's App, as module:attribute", _app_spec),
     Setting("server", "python_path", list, [], "directories put in front of sys.path before importing the app (relative to this file)"),
@@ -134,6 +147,12 @@ class RedisConfig:
     url: str
     socket_timeout: float
     cluster: bool = False
+    # read from redis.password_file at load; kept out of repr so no log or traceback shows it
+    password: str | None = field(default=None, repr=False)
+    password_file: str = ""  # resolved paths, "" when not set
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,10 +203,10 @@ def _coerce(setting: Setting, value: Any, where: str) -> Any:
     if kind is list and ok and not all(isinstance(v, str) for v in value):
         ok = False
     if not ok:
-        raise ConfigError(f"{where}: {setting.path}: expected {_type_name(kind)}, got {value!r}")
+        raise ConfigError(f"{where}: {setting.path}: expected {_type_name(kind)}, got {setting.show(value)}")
     problem = setting.check(value)
     if problem:
-        raise ConfigError(f"{where}: {setting.path}: {problem}, got {value!r}")
+        raise ConfigError(f"{where}: {setting.path}: {problem}, got {setting.show(value)}")
     return value
 
 
@@ -213,6 +232,9 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
             raise ConfigError(
                 f"{where}: redis.cluster: needs a redis:// or rediss:// url naming a cluster node"
             )
+        if url_database(values["redis.url"]) != 0:
+            raise ConfigError(f"{where}: redis.url: a Redis Cluster has database 0 only, "
+                              f"got {_show_url(values['redis.url'])}")
         if not has_hash_tag(values["server.namespace"]):
             raise ConfigError(
                 f"{where}: server.namespace: with redis.cluster every key must be in one slot; "
@@ -226,9 +248,11 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
         if problem:
             raise ConfigError(f"{where}: {problem}")
     base = base or Path.cwd()
+    redis_files = _redis_files(values, where, base)
     state_dir = values["server.state_dir"] or os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var"
     return Config(
-        redis=RedisConfig(values["redis.url"], values["redis.socket_timeout"], values["redis.cluster"]),
+        redis=RedisConfig(values["redis.url"], values["redis.socket_timeout"], values["redis.cluster"],
+                          **redis_files),
         server=ServerConfig(
             namespace=values["server.namespace"],
             app=values["server.app"],
@@ -244,6 +268,123 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
         log=LogConfig(values["log.format"], values["log.level"]),
         web=web,
     )
+
+
+# A password is a line of text; anything this large is the wrong file.
+PASSWORD_FILE_MAX = 64 * 1024
+_URL_TLS_OPTION = {"tls_ca_file": "ssl_ca_certs", "tls_cert_file": "ssl_certfile",
+                   "tls_key_file": "ssl_keyfile"}
+
+
+def _secret_path(value: str, base: Path) -> Path:
+    """Where a relative password/TLS file is: systemd's LoadCredential= puts credentials in
+    $CREDENTIALS_DIRECTORY (the service's, 0400); outside systemd (an admin's CLI) the same
+    name is looked up next to the config file."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    return ((Path(credentials) if credentials else base) / path).resolve()
+
+
+def _read_secret_file(path: Path, where: str, key: str, limit: int = PASSWORD_FILE_MAX) -> bytes:
+    """Up to ``limit`` bytes of the file; ConfigError naming ``key`` if it cannot be read or
+    holds more (a TLS file is only probed: limit 0 reads one byte, any size is fine)."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except OSError as err:
+        raise ConfigError(f"{where}: {key}: cannot read {path}: {err.strerror or err}") from None
+    if limit and len(data) > limit:
+        raise ConfigError(f"{where}: {key}: {path} is larger than {limit // 1024} KiB; "
+                          "it should hold the password alone")
+    return data
+
+
+def _redis_files(values: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
+    """redis.password_file and redis.tls_*: checked against the url, resolved and read now,
+    so that --check catches a missing or unreadable file and a running server never
+    re-reads a secret (systemd may have removed $CREDENTIALS_DIRECTORY's copy)."""
+    url = values["redis.url"]
+    found: dict[str, Any] = {}
+    if values["redis.password_file"]:
+        key = "redis.password_file"
+        if not url:
+            raise ConfigError(f"{where}: {key}: needs a redis.url (the embedded Redis has no password)")
+        if url_has_password(url):
+            raise ConfigError(f"{where}: {key}: redis.url holds a password too; keep one of them "
+                              "(the file is the safer place)")
+        path = _secret_path(values[key], base)
+        raw = _read_secret_file(path, where, key)
+        try:
+            password = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: {key}: {path} is not UTF-8 text") from None
+        if not password:
+            raise ConfigError(f"{where}: {key}: {path} is empty")
+        if "\n" in password or "\r" in password:
+            raise ConfigError(f"{where}: {key}: {path} holds more than one line")
+        found["password"] = password
+        found["password_file"] = str(path)
+    options = url_options(url) if url else {}
+    for name, url_option in _URL_TLS_OPTION.items():
+        key = f"redis.{name}"
+        if not values[key]:
+            continue
+        if not url.startswith("rediss://"):
+            raise ConfigError(f"{where}: {key}: needs a rediss:// url (TLS)")
+        if url_option in options:
+            raise ConfigError(f"{where}: {key}: redis.url sets {url_option} too; keep one of them")
+        path = _secret_path(values[key], base)
+        _read_secret_file(path, where, key, limit=0)
+        found[name] = str(path)
+    if values["redis.tls_key_file"] and not values["redis.tls_cert_file"]:
+        raise ConfigError(f"{where}: redis.tls_key_file: needs redis.tls_cert_file (the certificate it signs for)")
+    _load_tls_files(found, options.get("ssl_password"), where)
+    return found
+
+
+def _load_tls_files(found: dict[str, Any], key_password: str | None, where: str) -> None:
+    # Load them as the connection will, so a file that is not PEM, or a key that does not
+    # match its certificate, fails --check rather than every connection. An encrypted key
+    # without ?ssl_password= must fail here, not make OpenSSL prompt on the terminal.
+    context = ssl.create_default_context()
+    try:
+        if "tls_ca_file" in found:
+            key = "redis.tls_ca_file"
+            context.load_verify_locations(cafile=found["tls_ca_file"])
+        if "tls_cert_file" in found:
+            key = "redis.tls_cert_file"
+            context.load_cert_chain(found["tls_cert_file"], found.get("tls_key_file"),
+                                    password=lambda: (key_password or "").encode())
+    except (ssl.SSLError, OSError, ValueError) as err:
+        raise ConfigError(f"{where}: {key}: not a usable PEM file: {getattr(err, 'reason', None) or err}") from None
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What the operator should fix though the server can run: said once at start (a
+    structlog warning) and by --check and the CLI (on stderr)."""
+    warnings = []
+    reason = verification_off(config.redis.url)
+    if reason:
+        warnings.append(f"redis.url: TLS certificate verification is off ({reason})")
+    secret_files = []
+    if config.path is not None and url_has_password(config.redis.url):
+        secret_files.append((config.path, "this config file holds a Redis password",
+                             "move it to redis.password_file, or chmod 0600"))
+    if config.redis.password_file:
+        secret_files.append((Path(config.redis.password_file), "redis.password_file",
+                             "chmod 0600 (or 0400)"))
+    for path, what, fix in secret_files:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o044:
+            who = " and ".join(w for bit, w in ((0o040, "group"), (0o004, "others")) if mode & bit)
+            warnings.append(f"{path}: {what} and is readable by {who} "
+                            f"(mode {mode & 0o777:04o}): {fix}")
+    return warnings
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

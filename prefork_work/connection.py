@@ -7,12 +7,17 @@ the store retries only what is idempotent.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from prefork_work.store.base import redis_errors
+
+if TYPE_CHECKING:
+    from prefork_work.config import RedisConfig
 
 DEFAULT_SOCKET_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -26,6 +31,7 @@ def redis_from_url(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     max_connections: int | None = None,
     cluster: bool = False,
+    settings: RedisConfig | None = None,
 ) -> redis.Redis | RedisCluster:
     """Build a client for ``redis://``, ``rediss://`` or ``unix://`` URLs (user/password allowed).
 
@@ -33,6 +39,11 @@ def redis_from_url(
     timeouts well inside it. ``cluster``: the URL names one node of a Redis Cluster; the
     client follows MOVED/ASK redirects (Redis refused those commands, so following them is
     safe) but, as for a single Redis, never repeats a command that may have run.
+
+    ``settings``: the ``[redis]`` section, for what the URL does not carry: the password read
+    from ``password_file`` and the ``tls_*`` files (for ``rediss://`` only; the config
+    refuses them with another scheme). Certificate verification stays on unless the URL
+    turns it off (``ssl_cert_reqs=none``), which the config warns about.
     """
     kwargs: dict[str, object] = {
         "socket_timeout": socket_timeout,
@@ -44,6 +55,8 @@ def redis_from_url(
     }
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
+    if settings is not None:
+        kwargs.update(_settings_options(url, settings))
     if cluster:
         kwargs["retry"] = Retry(NoBackoff(), 0)
         kwargs.pop("health_check_interval")  # not a cluster option
@@ -54,3 +67,15 @@ def redis_from_url(
         # socket_connect_timeout is a TCP option; redis-py's UnixDomainSocketConnection rejects it.
         kwargs.pop("socket_connect_timeout")
     return redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
+
+
+def _settings_options(url: str, settings: RedisConfig) -> dict[str, object]:
+    options: dict[str, object] = {}
+    if settings.password is not None:
+        options["password"] = settings.password
+    if url.startswith("rediss://"):
+        for key, option in (("tls_ca_file", "ssl_ca_certs"), ("tls_cert_file", "ssl_certfile"),
+                            ("tls_key_file", "ssl_keyfile")):
+            if getattr(settings, key):
+                options[option] = getattr(settings, key)
+    return options

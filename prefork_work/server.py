@@ -165,7 +165,7 @@ class WorkServer:
         self.keys = Keys(config.server.namespace)
         self.redis = redis_from_url(redis_url, client_name="prefork-work:master",
                                     socket_timeout=config.redis.socket_timeout,
-                                    cluster=config.redis.cluster)
+                                    cluster=config.redis.cluster, settings=config.redis)
         self.pools = PoolStore(self.redis, self.keys)
         self.supervisor: Supervisor | None = None
         self.reaped_local = False
@@ -320,7 +320,7 @@ class WorkServer:
         client, which connects as it is built, every node) cannot be reached."""
         client = redis_from_url(self.redis_url, client_name=f"prefork-work:child:{ctx.index}",
                                 socket_timeout=self.config.redis.socket_timeout,
-                                cluster=self.config.redis.cluster)
+                                cluster=self.config.redis.cluster, settings=self.config.redis)
         Heartbeater(PoolStore(client, self.keys), list, host=self.host).beat_one(
             self._pool_info(os.getpid(), record), time.time())
         return Worker(

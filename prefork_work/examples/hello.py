@@ -17,7 +17,10 @@ app = App()
 def hello(job: Job) -> None:
     name = job.arg_string("name") or "world"
     time.sleep(0.1)
-    log.info("hello", greeting=f"hello, {name}", job_id=job.id, job_name=job.name)
+    # Arguments are the caller's data (names, addresses, tokens): an info line says that the
+    # job ran, only a debug line what it was given.
+    log.info("hello", job_id=job.id, job_name=job.name)
+    log.debug("hello", greeting=f"hello, {name}", job_id=job.id, job_name=job.name)
 
 
 @app.job("noop")

@@ -52,7 +52,8 @@ def serve(config: Config, listen: str | None, redis_url: str) -> int:
     if problem:
         raise ConfigError(problem)
     redis = redis_from_url(redis_url, client_name="prefork-work:web",
-                           socket_timeout=config.redis.socket_timeout, cluster=config.redis.cluster)
+                           socket_timeout=config.redis.socket_timeout, cluster=config.redis.cluster,
+                           settings=config.redis)
     client = Client(config.server.namespace, redis)
     app: ASGIApp = create_app(client, read_only=config.web.read_only,
                               token=config.web.token or None)
