@@ -138,7 +138,7 @@ def dashboard_router(views: Views, *, read_only: bool, token_required: bool) -> 
                 result = views.job_status(job_id)
                 if result is None:
                     problem = "No status is known for this job id."
-            except NotImplementedError as err:
+            except (NotImplementedError, ValueError) as err:
                 problem = str(err)
         return render(request, "status.html", "status", job_id=job_id, result=result,
                       problem=problem)
