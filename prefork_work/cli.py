@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from prefork_work import __version__
 from prefork_work.config import Config, config_warnings, load_config
 from prefork_work.errors import ConfigError, InvalidJobArguments, RedisUnavailable
+from prefork_work.safepath import prepare_imports
 from supervisor.exitcodes import EX_CONFIG, EX_UNAVAILABLE
 
 EX_USAGE = 2
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     try:
         config = load_config(args.config)
-        _prepare_imports(config)
+        prepare_imports(config.server.python_path)
         if args.command == "web":
             return _web(config, args.listen)
         from prefork_work.server import load_app
@@ -64,12 +64,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prefork-work: unknown job name {args.name!r} (the app registers: {known}; "
                       "--any-name enqueues it anyway)", file=sys.stderr)
                 return EX_USAGE
+        if args.check:  # before any subcommand runs: --check enqueue validates, enqueues nothing
+            _print_warnings(config)
+            if args.command == "enqueue" and not _valid_job_args(args.args):
+                return EX_USAGE
+            redis_line = _check_redis(config)
+            print(f"config ok: {len(app.job_types)} job types, {len(app.periodic_jobs)} periodic")
+            print(redis_line)
+            if args.command:
+                print(f"{args.command} not run (--check)")
+            return 0
+        if args.command == "enqueue":
             _print_warnings(config)
             return _enqueue(config, args.name, args.args)
-        if args.check:
-            _print_warnings(config)
-            print(f"config ok: {len(app.job_types)} job types, {len(app.periodic_jobs)} periodic")
-            return 0
         from prefork_work.logging import configure_logging
         from prefork_work.server import run
 
@@ -84,25 +91,40 @@ def main(argv: list[str] | None = None) -> int:
         return EX_UNAVAILABLE
 
 
-def _prepare_imports(config: Config) -> None:
-    # Like gunicorn: the working directory and configured paths come first, so the job
-    # module is found the way the operator expects.
-    for path in reversed([os.getcwd(), *config.server.python_path]):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+def _check_redis(config: Config) -> str:
+    """--check's view of the Redis the server would use: the embedded one's binary (refused if
+    too old) and a state dir it could create and write, all without starting anything."""
+    if config.redis.url:
+        return "redis: [redis] url"
+    from prefork_work.embedded import check_state_dir, find_redis_server, inspect_server
+
+    binary = inspect_server(find_redis_server())
+    check_state_dir(Path(config.server.state_dir))
+    return f"embedded redis: {binary}, state dir {config.server.state_dir}"
+
+
+def _valid_job_args(raw_args: str) -> bool:
+    """For --check enqueue: the arguments _enqueue would accept ("-": read when it runs)."""
+    if raw_args == "-":
+        return True
+    try:
+        valid = isinstance(json.loads(raw_args), dict)
+    except (ValueError, RecursionError):
+        valid = False
+    if not valid:
+        print("prefork-work: args must be a JSON object", file=sys.stderr)
+    return valid
 
 
 def redis_url_for(config: Config) -> str:
-    """The configured URL, or the embedded server's socket under state_dir."""
+    """The configured URL, or the socket of the embedded Redis a running server started for
+    this config file (found even when the server's state dir came from systemd's
+    $STATE_DIRECTORY, which this shell does not have)."""
     if config.redis.url:
         return config.redis.url
-    socket_path = Path(config.server.state_dir) / "redis" / "redis.sock"
-    if not socket_path.exists():
-        raise RedisUnavailable(
-            f"no [redis] url configured and the embedded Redis is not running ({socket_path} "
-            "does not exist): start the server with this config first"
-        )
-    return f"unix://{socket_path}"
+    from prefork_work.embedded import running_url
+
+    return running_url(config.server.state_dir, config.path)
 
 
 def _web(config: Config, listen: str | None) -> int:

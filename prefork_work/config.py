@@ -54,6 +54,20 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
 
+# supervisor/scoreboard.py MAX_SLOTS is 256 (config may not import supervisor; a test keeps the
+# two in step): a reload runs the old and the new generation side by side, so each gets half.
+MAX_CONCURRENCY = 128
+
+
+def _concurrency(value: int) -> str | None:
+    if value < 0:
+        return "must be 0 or more"
+    if value > MAX_CONCURRENCY:
+        return (f"must be at most {MAX_CONCURRENCY} (the scoreboard holds {2 * MAX_CONCURRENCY} "
+                "children: the old and the new generation during a reload)")
+    return None
+
+
 def _app_spec(value: str) -> str | None:
     pattern = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
     return None if re.fullmatch(pattern, value) else 'must look like "package.module:attribute"'
@@ -127,7 +141,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "namespace", str, "work", "key prefix shared with gocraft/work services; use {braces} for Redis Cluster", _namespace),
     Setting("server", "app", str, "prefork_work.examples.hello:app", "the job module's App, as module:attribute", _app_spec),
     Setting("server", "python_path", list, [], "directories put in front of sys.path before importing the app (relative to this file)"),
-    Setting("server", "concurrency", int, 0, "number of child processes; 0 means one per CPU", _non_negative),
+    Setting("server", "concurrency", int, 0, f"number of child processes, at most {MAX_CONCURRENCY}; 0 means one per CPU (up to {MAX_CONCURRENCY})", _concurrency),
     Setting("server", "shutdown_timeout", float, 30.0, "seconds a graceful stop (SIGTERM) waits for running jobs before killing and requeuing them", _positive),
     Setting("server", "hard_timeout_grace", float, 5.0, "seconds between the catchable signal and SIGKILL for a job past its hard timeout", _positive),
     Setting("server", "max_crashes", int, 3, "deaths of a job's process before the job goes to the dead set", _positive),
@@ -257,7 +271,7 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
             namespace=values["server.namespace"],
             app=values["server.app"],
             python_path=tuple(str((base / p).resolve()) for p in values["server.python_path"]),
-            concurrency=values["server.concurrency"] or os.cpu_count() or 1,
+            concurrency=values["server.concurrency"] or min(os.cpu_count() or 1, MAX_CONCURRENCY),
             shutdown_timeout=values["server.shutdown_timeout"],
             hard_timeout_grace=values["server.hard_timeout_grace"],
             max_crashes=values["server.max_crashes"],
@@ -387,6 +401,14 @@ def config_warnings(config: Config) -> list[str]:
     return warnings
 
 
+def text_line(file: Path, offset: int) -> int:
+    """The line number of byte ``offset`` of ``file``, for an error message."""
+    try:
+        return file.read_bytes()[:offset].count(b"\n") + 1
+    except OSError:
+        return 0
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a TOML file; relative paths in it resolve against its directory."""
     file = Path(path)
@@ -394,6 +416,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = file.read_text("utf-8")
     except OSError as err:
         raise ConfigError(f"{file}: cannot read config: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        line = text_line(file, err.start)
+        raise ConfigError(f"{file}: not UTF-8 (byte 0x{err.object[err.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,6 +30,7 @@ from prefork_work.loops.heartbeater import Heartbeater, PoolInfo, hostname
 from prefork_work.loops.periodic import PeriodicEnqueuer
 from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
+from prefork_work.safepath import prepare_imports
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
 from prefork_work.web_process import WebProcess
@@ -40,6 +40,9 @@ from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask,
 log = structlog.get_logger("prefork_work.server")
 
 OBSERVATION_INTERVAL = 1.0  # gocraft's observer flushes once a second
+# Children stop fetching once their master has been silent this long: its heartbeats (every
+# 5 s) stop with it, and a Go reaper takes a pool whose heartbeat is 10 s old for dead.
+MASTER_SILENCE = 3.0
 EMBEDDED_CHECK_INTERVAL = 1.0
 WEB_CHECK_INTERVAL = 1.0
 
@@ -126,6 +129,38 @@ class ScoreboardObserver:
         self.ctx.slot.note(self.raw + b"\0" + message.encode("utf-8", "replace"))
 
 
+class MasterWatch:
+    """The worker's ``quiet`` test in a child: quiet on TSTP, and while the master is frozen.
+
+    Called before every job, so it reads the shared memory at most every ``CHECK_EVERY``
+    seconds (a clock read otherwise, a fraction of a microsecond). A quiet worker fetches
+    nothing and gives its unstarted prefetched jobs back to their queues."""
+
+    CHECK_EVERY = 0.05
+
+    def __init__(self, ctx: ChildContext, limit: float) -> None:
+        self.ctx = ctx
+        self.limit = limit
+        self.next_check = 0.0
+
+    def __call__(self) -> bool:
+        ctx = self.ctx
+        now = time.monotonic()
+        if now < self.next_check:
+            return ctx.quiet or ctx.master_unresponsive
+        self.next_check = now + self.CHECK_EVERY
+        silent = ctx.master_silence()
+        if silent > self.limit:
+            if not ctx.master_unresponsive:
+                ctx.master_unresponsive = True
+                log.warning("master unresponsive; not fetching", master_pid=ctx.master_pid,
+                            silent_for=round(silent, 1))
+        elif ctx.master_unresponsive:
+            ctx.master_unresponsive = False
+            log.info("master responsive again; fetching", master_pid=ctx.master_pid)
+        return ctx.quiet or ctx.master_unresponsive
+
+
 class RedisOutage:
     """The master's loops during a Redis outage: one warning when it starts, one line when it
     ends, instead of a traceback from every loop every second."""
@@ -191,29 +226,37 @@ class WorkServer:
         record: ChildRecord = child.data["record"]
         now = time.time()
         state = child.slot.read()
+        running_requeued = False
         try:
             if state.busy and not info.clean:
-                self._settle_running_job(record, state.label, info, now)
+                running_requeued = self._settle_running_job(record, state.label, info, now)
             moved = self.reaper.reclaim_pool(record.pool_id, now, names=self.app.job_types)
             self.heartbeater.remove(record.pool_id, [record.worker_id])
         except PreforkWorkError as err:
             # The pool keeps its lists and heartbeat; the reaper takes it once it is stale.
             log.error("could not reclaim a dead child's jobs", pool_id=record.pool_id, error=str(err))
             return
-        if moved:
-            log.info("requeued a dead child's jobs", pool_id=record.pool_id, jobs=moved)
+        if moved:  # the one line for this pool (the reaper's reclaim_pool logs nothing)
+            job: dict[str, str] = {}
+            if running_requeued:
+                job_id, _, name = state.label.partition(" ")
+                job = {"job_id": job_id, "job_name": name}
+            log.info("requeued a dead child's jobs", pool_id=record.pool_id, jobs=moved,
+                     pid=child.pid, cause=info.cause or info.describe(), **job)
 
-    def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> None:
+    def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> bool:
+        """Judge the job a child died running; True when it goes back to its queue as it was."""
         job_id, _, name = label.partition(" ")
         if info.cause in ("shutdown timeout", "interrupted"):
-            return  # not the job's fault: reclaim_pool puts it back in its queue
+            return True  # not the job's fault: reclaim_pool puts it back in its queue
         if info.cause == "hard timeout":
             self._fail_hard_timeout(record.pool_id, name, job_id, now)
-            return
+            return False
         verdict = self.reaper.record_crash(record.pool_id, name, job_id, info.describe(),
                                            self.config.server.max_crashes, now)
         log.warning("a job's process died under it", job_id=job_id, job_name=name,
                     cause=info.describe(), verdict=verdict)
+        return verdict == "requeued"
 
     def _fail_hard_timeout(self, pool_id: str, name: str, job_id: str, now: float) -> None:
         job_type = self.app.job_types.get(name)
@@ -237,9 +280,7 @@ class WorkServer:
         if self.config.path is None:
             raise ConfigError("no config file to reload")
         config = load_config(self.config.path)
-        for path in config.server.python_path:
-            if path not in sys.path:
-                sys.path.insert(0, path)
+        prepare_imports(config.server.python_path)
         self.app = reimport_app(config.server.app)
         fixed = [name for name, old, new in (
             ("redis.url", self.config.redis.url, config.redis.url),
@@ -310,14 +351,24 @@ class WorkServer:
                 # than die and send the master into crash-loop backoff over an outage
                 outage.wait(err)
         ctx.ready()
-        worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
-                    quiet=lambda: ctx.quiet, max_jobs=ctx.max_jobs)
+        try:
+            worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
+                        quiet=MasterWatch(ctx, MASTER_SILENCE), max_jobs=ctx.max_jobs)
+        except Interrupted:
+            # a fast stop (INT/QUIT): the worker has put the job back at the front of its
+            # queue with the unstarted rest of its batch (or, if Redis failed it, the
+            # master reclaims them when this child is gone)
+            job_id, _, name = ctx.interrupted_label.partition(" ")
+            log.info("interrupted; the job goes back to its queue", job_id=job_id, job_name=name)
+            raise
         return 0
 
     def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:
         """This child's worker, its pool's heartbeat written first, so no reaper takes the pool
         for dead before its first fetch. RedisUnavailable when Redis (or, for a cluster
         client, which connects as it is built, every node) cannot be reached."""
+        if self.embedded is not None:  # the socket is still served by our redis-server
+            self.embedded.verify()
         client = redis_from_url(self.redis_url, client_name=f"prefork-work:child:{ctx.index}",
                                 socket_timeout=self.config.redis.socket_timeout,
                                 cluster=self.config.redis.cluster, settings=self.config.redis)
@@ -334,9 +385,7 @@ class WorkServer:
     def _reap(self, now: float) -> None:
         if not self.reaped_local:
             # a master restarting on this host takes its predecessor's orphans at once
-            moved = self.reaper.reap_local_orphans(self.host, now)
-            if moved:
-                log.info("requeued jobs of this host's dead pools", jobs=moved)
+            self.reaper.reap_local_orphans(self.host, now)  # logs each pool it reclaims
             self.reaped_local = True
         self.reaper.tick(now)
 
@@ -405,9 +454,12 @@ def _observation_args(raw: bytes) -> str:
 def start_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
     if config.redis.url:
         return config.redis.url, None
-    embedded = EmbeddedRedis(Path(config.server.state_dir) / "redis", persist=True)
+    embedded = EmbeddedRedis.for_state_dir(config.server.state_dir, config.path)
     embedded.start()
-    log.info("started embedded redis", socket=str(embedded.socket_path))
+    assert embedded.binary is not None and embedded.process is not None
+    log.info("started embedded redis", server=embedded.binary.name,
+             version=embedded.binary.version_text, binary=embedded.binary.path,
+             pid=embedded.process.pid, socket=str(embedded.socket_path))
     return embedded.url, embedded
 
 

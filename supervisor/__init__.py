@@ -8,10 +8,10 @@ from supervisor.child import ChildContext, HardTimeout, Interrupted
 from supervisor.exitcodes import EX_CHILD_BOOT, EX_CONFIG, EX_OK, EX_UNAVAILABLE
 from supervisor.exitinfo import ExitInfo
 from supervisor.master import Child, ChildApp, PeriodicTask, Supervisor
-from supervisor.scoreboard import Scoreboard, Slot, SlotState
+from supervisor.scoreboard import Liveness, Scoreboard, Slot, SlotState
 
 __all__ = [
     "EX_CHILD_BOOT", "EX_CONFIG", "EX_OK", "EX_UNAVAILABLE", "Child", "ChildApp", "ChildContext",
-    "ExitInfo", "HardTimeout", "Interrupted", "PeriodicTask", "Scoreboard", "Slot", "SlotState",
+    "ExitInfo", "HardTimeout", "Interrupted", "Liveness", "PeriodicTask", "Scoreboard", "Slot", "SlotState",
     "Supervisor",
 ]

@@ -18,7 +18,7 @@ import structlog
 from setproctitle import setproctitle
 
 from supervisor.exitcodes import EX_CHILD_BOOT
-from supervisor.scoreboard import Slot
+from supervisor.scoreboard import Liveness, Slot
 
 log = structlog.get_logger("supervisor.child")
 
@@ -46,6 +46,7 @@ class ChildContext:
     def __init__(
         self, index: int, generation: int, slot: Slot, data: dict[str, Any],
         status_fd: int, master_pid: int, title: str, max_jobs: int | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.index = index
         self.generation = generation
@@ -61,9 +62,20 @@ class ChildContext:
         self.quiet = False
         self.in_job = False
         self.is_ready = False
+        self.liveness = liveness
+        self.current_label = ""  # the job inside job(), for whoever logs an interruption
+        self.interrupted_label = ""  # the job a fast stop (INT/QUIT) interrupted
+        self.master_unresponsive = False  # set by the child's main while it waits (title)
 
     def master_alive(self) -> bool:
         return os.getppid() == self.master_pid
+
+    def master_silence(self) -> float:
+        """Seconds since the master last showed a sign of life (its loop stamps the scoreboard).
+
+        A master that is alive but frozen (SIGSTOP, a slow call) is not dead: the child does
+        not exit, but it should not take new work that nobody heartbeats for."""
+        return self.liveness.silence() if self.liveness is not None else 0.0
 
     def ready(self) -> None:
         """Tell the master this child booted (its job code imported, its Redis reachable)."""
@@ -80,11 +92,13 @@ class ChildContext:
     def job(self, label: str, deadline: float | None = None, extra: bytes = b"") -> Iterator[None]:
         """Mark the slot busy; while inside, INT/QUIT and the hard-timeout signal raise here."""
         self.slot.begin(label, deadline, extra)
+        self.current_label = label
         self.in_job = True
         try:
             yield
         finally:
             self.in_job = False
+            self.current_label = ""
             self.slot.end()
 
     # --- signal handlers (the child's own) --------------------------------------------------
@@ -94,6 +108,7 @@ class ChildContext:
     def _on_interrupt(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
         if self.in_job:
+            self.interrupted_label = self.current_label
             raise Interrupted()
 
     def _on_hard_timeout(self, signum: int, frame: Any) -> None:
@@ -171,6 +186,8 @@ def _title_loop(ctx: ChildContext) -> None:
             title = f"{ctx.title} child {ctx.index} busy {name} {time.monotonic() - state.started_mono:.1f}s"
         elif ctx.quiet:
             title = f"{ctx.title} child {ctx.index} quiet"
+        elif ctx.master_unresponsive:
+            title = f"{ctx.title} child {ctx.index} waiting for an unresponsive master"
         else:
             title = f"{ctx.title} child {ctx.index} idle"
         if title != last:

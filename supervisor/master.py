@@ -36,7 +36,10 @@ HANDLED = [
     signal.SIGTTOU, signal.SIGTSTP, signal.SIGCONT, signal.SIGCHLD,
 ]
 FAST_STOP_GRACE = 2.0
-BOOT_GRACE = 2.0  # a child dying sooner than this after start counts as a crash loop
+# A ready child that dies this soon after it was ready, running no job, failed at start as
+# surely as one that never got ready (nothing to blame but its own code or environment);
+# a child alive this long after ready proves the children boot again.
+BOOT_GRACE = 2.0
 MAX_BACKOFF = 60.0
 HOUSEKEEPING = 0.25
 
@@ -72,6 +75,7 @@ class Child:
     started_mono: float = 0.0
     state: str = "booting"  # booting, running, retiring (replace when a successor is ready), stopping
     ready: bool = False
+    ready_mono: float = 0.0
     kill_cause: str | None = None
     max_jobs: int | None = None
     fatal: str | None = None
@@ -114,6 +118,7 @@ class Supervisor:
         self.failures = 0
         self.next_spawn_at = 0.0
         self.crash_reason: str | None = None
+        self.last_failure = 0.0  # monotonic time of the last start failure
         self.announced_ready = False
         self.reloading = False
         self.quiet = False
@@ -151,6 +156,7 @@ class Supervisor:
 
     def _setup(self) -> None:
         self.scoreboard = Scoreboard(MAX_SLOTS)
+        self.scoreboard.liveness.stamp()
         self.free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for signum in HANDLED:
@@ -166,8 +172,9 @@ class Supervisor:
         log.info("master started", pid=self.pid, concurrency=self.target)
 
     def _loop_once(self) -> None:
-        assert self.selector is not None
+        assert self.selector is not None and self.scoreboard is not None
         now = time.monotonic()
+        self.scoreboard.liveness.stamp(now)  # children stop fetching when this goes stale
         timeout = HOUSEKEEPING
         if self.timers:
             timeout = max(0.0, min(timeout, self.timers[0][0] - now))
@@ -198,6 +205,8 @@ class Supervisor:
                 task.fn(time.time())
             except Exception:  # one failing tick must not stop the master
                 log.exception("periodic task failed", task=task.name)
+            if self.scoreboard is not None:  # a few slow tasks in a row are not a frozen master
+                self.scoreboard.liveness.stamp()
             # after a stall, skip missed runs rather than bursting
             heapq.heappush(self.timers, (max(now, time.monotonic()) + task.interval, order, task))
 
@@ -237,7 +246,7 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:  # the child
                 ctx = ChildContext(index, self.generation, child.slot, child.data, write_fd,
-                                   self.pid, self.title, child.max_jobs)
+                                   self.pid, self.title, child.max_jobs, self.scoreboard.liveness)
                 siblings = [c.pipe_fd for c in self.children if c.pipe_fd >= 0]
                 run_child(ctx, self.app.child_main, HANDLED,
                           [read_fd, self.wake_r, self.wake_w, *siblings])
@@ -280,6 +289,7 @@ class Supervisor:
         event = message.get("event")
         if event == "ready":
             child.ready = True
+            child.ready_mono = time.monotonic()  # the crash loop ends once one stays up
             self._check_newborn_memory(child)
             if child.state == "booting":
                 child.state = "running"
@@ -331,7 +341,9 @@ class Supervisor:
         self._close_pipe(child)
         self.children.remove(child)
         self.free_slots.append(child.slot_number)
-        lifetime = time.monotonic() - child.started_mono
+        now = time.monotonic()
+        lifetime = now - child.started_mono
+        busy = child.slot.read().busy  # before the slot is reused; child_exited reads it too
         expected = child.state in ("retiring", "stopping") or self.stopping is not None
         log_fn = log.info if expected and (info.clean or info.cause) else log.warning
         log_fn("child exited", index=child.index, pid=child.pid, cause=info.cause or info.describe(),
@@ -342,19 +354,40 @@ class Supervisor:
             log.exception("child_exited failed", pid=child.pid)
         if expected:
             return
-        if not child.ready or lifetime < BOOT_GRACE:
-            self._backoff(child.fatal or f"child exited with {info.describe()} {lifetime:.1f}s after start")
-        else:
-            self.failures = 0
+        # Only a child that fails at start is a crash loop to back off from. A child that
+        # dies running a job (the job's segfault, os._exit, OOM kill, a SIGKILL) is replaced
+        # at once: the job's crash is counted (child_exited) and max_crashes ends it, while
+        # backing off would leave every queue without a worker over one bad job.
+        if not child.ready:
+            self._backoff(child.fatal or f"child exited with {info.describe()} {lifetime:.1f}s "
+                          "after start, before it was ready")
+        elif not busy and now - child.ready_mono < BOOT_GRACE:
+            self._backoff(f"child exited with {info.describe()} {now - child.ready_mono:.1f}s "
+                          "after it was ready, running no job")
 
     def _backoff(self, reason: str) -> None:
         self.failures += 1
+        self.last_failure = time.monotonic()
         delay = min(MAX_BACKOFF, 2.0 ** (self.failures - 1))
         self.next_spawn_at = time.monotonic() + delay
         self.crash_reason = reason
         log.error("children are failing at start; backing off", failures=self.failures,
                   retry_in=delay, reason=reason)
         self.notifier.notify(f"STATUS=crash loop ({self.failures} failures): {reason}"[:400])
+
+    def _end_crash_loop(self, now: float) -> None:
+        """Children boot and stay up again: clear the backoff, the title and STATUS.
+
+        Only a child forked after the last failure proves it: an old healthy child says
+        nothing about a sibling that keeps failing at boot, which must go on backing off."""
+        if self.failures and any(
+            c.ready and c.started_mono > self.last_failure and now - c.ready_mono >= BOOT_GRACE
+            for c in self._current()
+        ):
+            log.info("children are healthy again; crash loop over", failures=self.failures)
+            self.failures = 0
+            self.crash_reason = None
+            self.next_spawn_at = 0.0
 
     def _current(self) -> list[Child]:
         return [c for c in self.children if c.state in ("booting", "running")]
@@ -432,6 +465,7 @@ class Supervisor:
 
     def shrink(self) -> None:
         if self.target <= 1:
+            log.info("not below one child", target=self.target)
             return
         self.target -= 1
         current = self._current()
@@ -462,6 +496,7 @@ class Supervisor:
                 left = self.stop_deadline - now
                 self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int((left + 10) * 1e6)}")
         else:
+            self._end_crash_loop(now)
             self._ensure_children()
         self._enforce_timeouts(now)
         self._recycle(now)

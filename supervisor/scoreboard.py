@@ -21,6 +21,9 @@ _LABEL_MAX = 256
 _EXTRA_AT = _LABEL_AT + _LABEL_MAX
 _EXTRA_MAX = SLOT_SIZE - _EXTRA_AT
 _SEQ = struct.Struct("<Q")
+_STAMP = struct.Struct("<Qd")  # seq, monotonic time
+_TIME = struct.Struct("<d")
+_LIVENESS_SIZE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +39,13 @@ class SlotState:
 
 
 class Scoreboard:
-    """The shared mapping; ``slot(n)`` gives a reader/writer for slot n."""
+    """The shared mapping; ``slot(n)`` gives a reader/writer for slot n, ``liveness`` the
+    master's sign of life (after the slots)."""
 
     def __init__(self, slots: int = MAX_SLOTS) -> None:
         self.size = slots
-        self.memory = mmap.mmap(-1, slots * SLOT_SIZE, flags=mmap.MAP_SHARED)
+        self.memory = mmap.mmap(-1, slots * SLOT_SIZE + _LIVENESS_SIZE, flags=mmap.MAP_SHARED)
+        self.liveness = Liveness(self.memory, slots * SLOT_SIZE)
 
     def slot(self, number: int) -> Slot:
         if not 0 <= number < self.size:
@@ -108,3 +113,37 @@ class Slot:
                 return SlotState(bool(busy), label.decode("utf-8", "replace"), started, mono,
                                  deadline or None, done, extra, seq)
         return SlotState(False, "", 0.0, 0.0, None, 0, b"", -1)
+
+
+class Liveness:
+    """The master stamps its monotonic clock here on every turn of its loop; a child reads how
+    long the master has been silent (CLOCK_MONOTONIC is one clock for all processes of a host).
+
+    A frozen master (SIGSTOP, a slow Redis call) writes no heartbeats, so its children must
+    not go on fetching jobs that a reaper elsewhere would soon requeue as a dead pool's.
+    """
+
+    __slots__ = ("memory", "base", "seq")
+
+    def __init__(self, memory: mmap.mmap, base: int) -> None:
+        self.memory = memory
+        self.base = base
+        self.seq = 0
+
+    def stamp(self, now: float | None = None) -> None:
+        """Master side (the only writer)."""
+        memory, base = self.memory, self.base
+        self.seq += 1
+        _SEQ.pack_into(memory, base, self.seq)  # odd: a reader retries
+        _TIME.pack_into(memory, base + 8, time.monotonic() if now is None else now)
+        self.seq += 1
+        _SEQ.pack_into(memory, base, self.seq)
+
+    def silence(self) -> float:
+        """Seconds since the master's last stamp; 0.0 if it never stamped (not supervised)."""
+        for _ in range(1000):
+            seq, stamped = _STAMP.unpack_from(self.memory, self.base)
+            if seq & 1 or _SEQ.unpack_from(self.memory, self.base)[0] != seq:
+                continue
+            return max(0.0, time.monotonic() - stamped) if seq else 0.0
+        return 0.0

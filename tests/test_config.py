@@ -211,3 +211,48 @@ def test_state_dir_defaults_to_systemds_state_directory(tmp_path, monkeypatch) -
     assert explicit.server.state_dir == "/srv/pw"  # the config file wins
     monkeypatch.delenv("STATE_DIRECTORY")
     assert load_config(write(tmp_path, "")).server.state_dir == str(tmp_path / "var")
+
+
+# --- config errors --check must catch (issue 7 item 4) -----------------------------------------
+def test_a_config_file_that_is_not_utf8_exits_78(tmp_path) -> None:
+    path = tmp_path / "work.toml"
+    path.write_bytes(b'[server]\nnamespace = "caf\xe9"\n')  # Latin-1, as an old editor saves it
+    for args in (["--check"], []):
+        result = cli("-c", str(path), *args)
+        assert result.returncode == 78, result.stderr
+        assert f"{path}: not UTF-8 (byte 0xe9 on line 2)" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_concurrency_above_what_the_scoreboard_holds_is_refused(tmp_path) -> None:
+    from prefork_work.config import MAX_CONCURRENCY
+    from supervisor.scoreboard import MAX_SLOTS
+
+    assert MAX_CONCURRENCY * 2 == MAX_SLOTS  # room for two generations during a reload
+    assert load_config(write(tmp_path, f"[server]\nconcurrency = {MAX_CONCURRENCY}\n"))
+    result = cli("-c", str(write(tmp_path, f"[server]\nconcurrency = {MAX_CONCURRENCY + 1}\n")),
+                 "--check")
+    assert result.returncode == 78
+    assert f"server.concurrency: must be at most {MAX_CONCURRENCY}" in result.stderr
+    assert f"# number of child processes, at most {MAX_CONCURRENCY};" in (
+        ROOT / "conf" / "work.toml").read_text()
+
+
+def test_a_state_dir_that_cannot_be_created_exits_78(tmp_path) -> None:
+    (tmp_path / "afile").write_text("")
+    path = write(tmp_path, '[server]\nstate_dir = "afile/state"\n')
+    for args in (["--check"], []):
+        result = cli("-c", str(path), *args)
+        assert result.returncode == 78, result.stderr
+        assert f"server.state_dir: cannot create {tmp_path / 'afile' / 'state'}" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_check_with_enqueue_validates_and_enqueues_nothing(tmp_path, redis_url, r) -> None:
+    path = write(tmp_path, f'[redis]\nurl = "{redis_url}"\n[server]\nnamespace = "chk"\n')
+    result = cli("-c", str(path), "--check", "enqueue", "hello", '{"name": "world"}')
+    assert result.returncode == 0, result.stderr
+    assert "enqueue not run (--check)" in result.stdout
+    assert r.keys("chk:*") == []
+    bad = cli("-c", str(path), "--check", "enqueue", "hello", "[1]")
+    assert bad.returncode == 2 and r.keys("chk:*") == []

@@ -18,10 +18,14 @@ import psutil
 import pytest
 from conftest import read_records, wait_until
 
+from prefork_work.app import App
 from prefork_work.client import Client
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.keys import Keys
+from prefork_work.server import MASTER_SILENCE, MasterWatch
+from prefork_work.worker import Worker
+from supervisor import ChildContext, Scoreboard
 
 NS = "srv"
 K = Keys(NS)
@@ -77,10 +81,10 @@ APP = textwrap.dedent('''
 
 class Server:
     def __init__(self, tmp_path: Path, redis_url: str, redis_options: dict | None = None,
-                 **server_options: object) -> None:
+                 app_source: str = APP, **server_options: object) -> None:
         self.dir = tmp_path
         self.evidence = tmp_path / "evidence.log"
-        (tmp_path / "jobs_app.py").write_text(APP)
+        (tmp_path / "jobs_app.py").write_text(app_source)
         options = {"namespace": NS, "app": "jobs_app:app", "python_path": [str(tmp_path)],
                    "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 0.5}
         options.update(server_options)
@@ -173,6 +177,27 @@ def enqueue(r, name: str, args: dict | None = None) -> Job:
     return Enqueuer(NS, r).enqueue(name, args or {})
 
 
+def log_events(srv: Server, name: str | None = None, offset: int = 0) -> list[dict]:
+    """The server's JSON log lines (master and children), from byte ``offset`` on."""
+    found = []
+    with open(srv.log, "rb") as handle:
+        handle.seek(offset)
+        lines = handle.read().decode("utf-8", "replace").splitlines()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (name is None or record.get("event") == name):
+            found.append(record)
+    return found
+
+
+def requeue_events(srv: Server, offset: int = 0) -> list[dict]:
+    return [e for e in log_events(srv, offset=offset)
+            if "requeued" in e.get("event", "") or "reclaimed" in e.get("event", "")]
+
+
 def test_jobs_flow_and_heartbeats_are_go_readable(server, r) -> None:
     srv = server().start()
     jobs = [enqueue(r, "record", {"i": i}) for i in range(20)]
@@ -205,6 +230,10 @@ def test_sigkill_of_a_busy_child_loses_nothing(server, r) -> None:
     new_pools = {p.decode() for p in r.smembers(K.worker_pools())}
     dead_pool = (old_pools - new_pools).pop()
     assert not r.exists(K.heartbeat(dead_pool))
+    # one line for the reclaim (not one from the reaper and one from the server)
+    (requeued,) = [e for e in requeue_events(srv) if e.get("pool_id") == dead_pool]
+    assert requeued["event"] == "requeued a dead child's jobs" and requeued["jobs"] == 1
+    assert (requeued["job_id"], requeued["job_name"], requeued["cause"]) == (job.id, "sleep", "SIGKILL")
     assert r.hget(K.lock_info("sleep"), dead_pool) is None
     assert not r.exists(K.in_progress("sleep", dead_pool))
     wait_until(lambda: r.get(K.lock("sleep")) == b"0", 5)
@@ -240,6 +269,8 @@ def test_sigterm_past_shutdown_timeout_requeues_the_job(server, r) -> None:
     queued = [Job.from_json(raw) for raw in r.lrange(K.jobs("sleep"), 0, -1)]
     assert [j.id for j in queued] == [job.id]
     assert queued[0].fails == 0  # a shutdown is not the job's failure
+    (requeued,) = requeue_events(srv)
+    assert (requeued["job_id"], requeued["job_name"], requeued["cause"]) == (job.id, "sleep", "shutdown timeout")
     assert r.zcard(K.retry()) == 0 and r.zcard(K.dead()) == 0
     assert r.get(K.lock("sleep")) == b"0"
     assert not list(r.scan_iter(match=K.in_progress_pattern()))
@@ -252,6 +283,8 @@ def test_sigint_interrupts_and_requeues(server, r) -> None:
     srv.signal(signal.SIGINT)
     assert srv.wait(10) == 0
     assert [Job.from_json(raw).id for raw in r.lrange(K.jobs("sleep"), 0, -1)] == [job.id]
+    (interrupted,) = log_events(srv, "interrupted; the job goes back to its queue")
+    assert (interrupted["job_id"], interrupted["job_name"]) == (job.id, "sleep")
     assert r.zcard(K.retry()) == 0 and r.zcard(K.dead()) == 0
 
 
@@ -285,9 +318,13 @@ def test_new_master_reclaims_jobs_of_killed_children_at_once(server, r) -> None:
     wait_until(lambda: not busy.is_running() or busy.status() == psutil.STATUS_ZOMBIE, 5)
     assert r.llen(K.jobs("sleep")) == 0  # stranded in a dead pool's in-progress list
     started = time.monotonic()
-    server().start()
+    offset = srv.log.stat().st_size
+    second = server().start()
     wait_until(lambda: any(e["id"] == job.id and e["pid"] != busy.pid for e in read_records(srv.evidence)), 10)
     assert time.monotonic() - started < 10  # not after gocraft's 10-minute reaper period
+    (reclaimed,) = requeue_events(second, offset)  # once, not per pool and again in total
+    assert reclaimed["event"] == "reclaimed a dead pool's jobs" and reclaimed["jobs"] == 1
+    assert reclaimed["pid"] == busy.pid
 
 
 def test_poison_job_ends_in_dead_after_max_crashes(server, r) -> None:
@@ -347,9 +384,13 @@ def test_ttin_ttou(server, r) -> None:
     wait_until(lambda: len(srv.children()) == 2, 10)
     srv.signal(signal.SIGTTOU)
     wait_until(lambda: len(srv.children()) == 1, 10)
+    (survivor,) = srv.children()
     srv.signal(signal.SIGTTOU)  # never below one
-    time.sleep(0.5)
-    assert len(srv.children()) == 1
+    wait_until(lambda: log_events(srv, "not below one child"), 5, 0.05, "the refusal")
+    watch_until = time.monotonic() + 1.5  # longer than an idle child's 1 s wait for work
+    while time.monotonic() < watch_until:
+        assert [c.pid for c in srv.children()] == [survivor.pid]
+        time.sleep(0.05)
 
 
 def test_hup_reloads_job_code(server, r, tmp_path) -> None:
@@ -391,6 +432,62 @@ def test_tstp_quiet_then_cont(server, r) -> None:
     assert psutil.Process(srv.pid).status() != psutil.STATUS_STOPPED
     srv.signal(signal.SIGCONT)
     wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+
+
+def test_children_stop_fetching_while_the_master_is_frozen(server, r) -> None:
+    # a stopped master writes no heartbeats: a reaper elsewhere would requeue anything its
+    # children took meanwhile, so they take nothing until it is back
+    srv = server().start()
+    first = enqueue(r, "record")
+    wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
+    offset = srv.log.stat().st_size
+
+    def children_saying(event: str) -> set[str]:
+        return {e["pool_id"] for e in log_events(srv, event, offset)}
+
+    srv.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: len(children_saying("master unresponsive; not fetching")) == 2, 10,
+                   0.05, "both children noticing")
+        jobs = [enqueue(r, "record", {"i": i}) for i in range(5)]
+        watch_until = time.monotonic() + 1.5  # longer than an idle child's 1 s wait
+        while time.monotonic() < watch_until:
+            assert r.llen(K.jobs("record")) == 5, "a child fetched while its master was stopped"
+            time.sleep(0.05)
+        wait_until(lambda: all("waiting for an unresponsive master" in " ".join(c.cmdline())
+                               for c in srv.children()), 5, 0.05, "the children's titles")
+    finally:
+        srv.signal(signal.SIGCONT)
+    wait_until(lambda: len(read_records(srv.evidence)) == 6, 10, message="the jobs after SIGCONT")
+    runs = [e["id"] for e in read_records(srv.evidence)]
+    assert sorted(runs) == sorted([first.id] + [j.id for j in jobs])  # each once
+    wait_until(lambda: len(children_saying("master responsive again; fetching")) == 2, 5, 0.05,
+               "both children resuming")
+
+
+def test_a_child_gives_back_its_prefetched_jobs_when_the_master_freezes(r) -> None:
+    # in process: the server's quiet test (MasterWatch) over a real Worker and Redis
+    board = Scoreboard(1)
+    board.liveness.stamp()
+    ctx = ChildContext(0, 0, board.slot(0), {}, -1, os.getpid(), "test", liveness=board.liveness)
+    app = App()
+    ran: list[str] = []
+
+    @app.job("record")
+    def record(job: Job) -> None:
+        ran.append(job.id)
+        board.liveness.stamp(time.monotonic() - 10)  # the master froze while this job ran
+        time.sleep(MasterWatch.CHECK_EVERY)  # past the watch's next look at the stamp
+
+    jobs = [enqueue(r, "record", {"i": i}) for i in range(5)]
+    worker = Worker(app, r, NS)
+    worker.batch_size = 5  # a batch fetched while jobs were fast
+    worker.work(until=lambda: (ctx.master_unresponsive and not worker.buffer) or len(ran) == 5,
+                quiet=MasterWatch(ctx, MASTER_SILENCE))
+    assert ran == [jobs[0].id]
+    assert [Job.from_json(raw).id for raw in reversed(r.lrange(K.jobs("record"), 0, -1))] == \
+        [j.id for j in jobs[1:]]  # back at the front of the queue, in their order
+    assert not list(r.scan_iter(match=K.in_progress_pattern()))
 
 
 def test_process_titles(server, r) -> None:

@@ -69,14 +69,20 @@ class DeadPoolReaper:
             if not self._is_dead(pool_id, beat.heartbeat_at, now):
                 continue
             names = lists.get(pool_id, set()) | set(beat.job_names)
-            requeued += self._reclaim(pool_id, names, beat.worker_ids)
+            moved = self._reclaim(pool_id, names, beat.worker_ids)
+            if moved:
+                log.info("reclaimed a dead pool's jobs", pool_id=pool_id, jobs=moved,
+                         heartbeat_at=beat.heartbeat_at)
+            requeued += moved
             reaped_names |= names
         if reaped_names or self.passes % LOCK_REPAIR_EVERY == 0:
             self.repair_locks(set(self.job_names()) | reaped_names, lists)
         return requeued
 
     def reclaim_pool(self, pool_id: str, now: float, names: Iterable[str] | None = None) -> int:
-        """Requeue one pool's jobs now (a child the master saw die); returns the count."""
+        """Requeue one pool's jobs now (a child the master saw die); returns the count.
+
+        Logs nothing: the caller knows why the pool died and says so in one line."""
         if names is None:
             names = self.store.in_progress_lists(pool_id).get(pool_id, set())
         worker_ids = self.store.heartbeats([pool_id])[pool_id].worker_ids
@@ -92,7 +98,11 @@ class DeadPoolReaper:
         for pool_id, beat in self.store.heartbeats(candidates).items():
             if beat.host == host and beat.pid and not pid_alive(beat.pid):
                 names = self.store.in_progress_lists(pool_id).get(pool_id, set())
-                requeued += self._reclaim(pool_id, names | set(beat.job_names), beat.worker_ids)
+                moved = self._reclaim(pool_id, names | set(beat.job_names), beat.worker_ids)
+                if moved:
+                    log.info("reclaimed a dead pool's jobs", pool_id=pool_id, jobs=moved,
+                             reason="its process on this host is gone", pid=beat.pid)
+                requeued += moved
         return requeued
 
     def record_crash(
@@ -141,9 +151,7 @@ class DeadPoolReaper:
             self.first_seen_without_heartbeat.pop(pool_id, None)
         finally:
             self.store.release_claim(pool_id)
-        if moved:
-            log.info("reclaimed a dead pool's jobs", pool_id=pool_id, jobs=moved)
-        return moved
+        return moved  # each caller logs it once, saying why the pool was dead
 
 
 def process_alive(pid: int) -> bool:

@@ -130,6 +130,46 @@ def test_crash_loop_backs_off_instead_of_forking_a_storm(toy) -> None:
     assert instance.stop() == 0
 
 
+def test_a_child_dying_in_a_job_is_replaced_at_once(toy) -> None:
+    # the job's fault, not a boot failure: no backoff, whatever the child's age
+    instance = toy(concurrency=2, die_in_job=True)
+    wait_until(lambda: len(instance.events("child_exited")) >= 12, 5, 0.05, "a dozen replaced children")
+    assert all(e["busy"] and e["describe"] == "exit code 1" for e in instance.events("child_exited"))
+    assert "backing off" not in instance.log.read_text()
+    assert instance.stop() == 0
+
+
+def test_a_ready_child_dying_with_no_job_backs_off(toy) -> None:
+    # ready, then dead at once running nothing: its own code fails, as at boot
+    instance = toy(concurrency=2, die_after_ready=True)
+    wait_until(lambda: "failures=3" in instance.log.read_text(), 6, 0.05, "a third backoff")
+    # both first children die, then one at a time, 2 s later: not replaced at once
+    assert len(instance.events("child_exited")) == 3
+    assert "after it was ready, running no job" in instance.log.read_text()
+    assert instance.stop() == 0
+
+
+def test_scoreboard_liveness_measures_the_masters_silence() -> None:
+    board = Scoreboard(2)
+    assert board.liveness.silence() == 0.0  # never stamped: no master to wait for
+    board.liveness.stamp(time.monotonic() - 5)
+    assert 5 <= board.liveness.silence() < 6
+    board.liveness.stamp()
+    assert board.liveness.silence() < 1
+    board.slot(1).reset()
+    board.slot(1).begin("x" * 300, None, b"y" * 9000)  # a full slot does not reach the stamp
+    assert board.liveness.silence() < 1
+
+
+def test_a_healthy_sibling_does_not_end_a_childs_crash_loop(toy) -> None:
+    # child 0 runs fine for ever; child 1 fails at boot every time: it still backs off
+    instance = toy(concurrency=2, fail_boot_index=[1])
+    wait_until(lambda: "failures=3" in instance.log.read_text(), 8, 0.05, "a third backoff")
+    assert len(instance.events("child_exited")) == 3  # 1 s, then 2 s: not respawned at once
+    assert len(instance.events("ready")) == 1
+    assert instance.stop() == 0
+
+
 def test_graceful_stop_waits_for_running_jobs(toy) -> None:
     instance = toy(concurrency=2, job_seconds=1.0)
     wait_until(lambda: len(instance.events("start")) >= 2, 10)

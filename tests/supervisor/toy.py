@@ -28,12 +28,14 @@ class ToyApp:
         child.data["version"] = self.version
 
     def child_main(self, ctx: ChildContext) -> int:
-        if self.options.get("fail_boot"):
+        if self.options.get("fail_boot") or ctx.index in self.options.get("fail_boot_index", ()):
             raise RuntimeError("cannot import my_jobs: boom")
         allocate = self.options.get("allocate_mb", 0)
         ballast = bytearray(allocate * 1024 * 1024) if allocate else b""  # big from birth
         ctx.ready()
         self.log(event="ready", pid=os.getpid(), index=ctx.index, version=ctx.data["version"])
+        if self.options.get("die_after_ready"):
+            os._exit(1)  # ready, then dead with no job to blame
         job_seconds = self.options.get("job_seconds", 0.05)
         n = 0
         grown: list[bytearray] = []
@@ -49,6 +51,8 @@ class ToyApp:
             try:
                 with ctx.job(label, deadline=deadline):
                     self.log(event="start", pid=os.getpid(), job=label)
+                    if self.options.get("die_in_job"):
+                        os._exit(1)  # the job kills its process (segfault, os._exit, OOM)
                     end = time.monotonic() + job_seconds
                     while time.monotonic() < end:
                         if self.options.get("ignore_timeout"):
