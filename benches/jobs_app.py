@@ -1,6 +1,7 @@
 """The prefork-work app of the benches: ``noop0..noop{N-1}`` plus ``latency``.
 
-N is ``$BENCH_JOB_NAMES`` (default 5). Every no-op job counts itself done in
+N is ``$BENCH_JOB_NAMES`` (default 5); ``$BENCH_STATUS=1`` registers them with
+``status=True`` (benches/overhead.py). Every no-op job counts itself done in
 ``$BENCH_COUNTER_KEY`` of the bench Redis (``$BENCH_REDIS_URL``) through benches/done.py,
 exactly as the peers' no-op tasks do, so completion is detected the same way for every
 system. ``latency`` records ``time.time()`` when its
@@ -42,8 +43,9 @@ def _noop(job: Job) -> None:
     done()
 
 
+_options = {"status": True} if os.environ.get("BENCH_STATUS") == "1" else {}
 for _i in range(int(os.environ.get("BENCH_JOB_NAMES", "5"))):
-    app.register(f"noop{_i}", _noop)
+    app.register(f"noop{_i}", _noop, **_options)
 
 
 @app.job("latency")

@@ -36,6 +36,7 @@ class JobType:
     backoff: Backoff | None = None
     timeout: float | None = None
     hard_timeout: float | None = None
+    status: bool = False  # record each run's outcome for Client.job_status (README "Job status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class App:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         hard_timeout: float | None = None,
+        status: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering ``fn(job)`` as the handler of ``name``."""
 
@@ -90,6 +92,7 @@ class App:
                 backoff=backoff,
                 timeout=timeout,
                 hard_timeout=hard_timeout,
+                status=status,
             )
             return fn
 
@@ -140,6 +143,8 @@ def _problem(t: JobType) -> str | None:
         return f"max_concurrency must be a non-negative integer, got {t.max_concurrency!r}"
     if not isinstance(t.skip_dead, bool):
         return f"skip_dead must be a bool, got {t.skip_dead!r}"
+    if not isinstance(t.status, bool):
+        return f"status must be a bool, got {t.status!r}"
     if t.backoff is not None and not callable(t.backoff):
         return f"backoff must be callable, got {t.backoff!r}"
     for option in ("timeout", "hard_timeout"):

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         "web", help="serve the dashboard, JSON API and /metrics (needs prefork-work[web])")
     web.add_argument("--listen", metavar="HOST:PORT",
                      help="address to bind (default: [web] listen, else 127.0.0.1:5040)")
+    from prefork_work import admin_cli
+
+    admin_cli.add_commands(commands)  # queues, workers, jobs, status, drain, ... (README "Admin CLI")
     return parser
 
 
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     try:
         config = load_config(args.config)
+        if args.command in _admin_commands():
+            return _admin(config, args)
         prepare_imports(config.server.python_path)
         if args.command == "web":
             return _web(config, args.listen)
@@ -89,6 +94,34 @@ def main(argv: list[str] | None = None) -> int:
     except RedisUnavailable as err:
         print(f"prefork-work: {err}", file=sys.stderr)
         return EX_UNAVAILABLE
+
+
+def _admin_commands() -> tuple[str, ...]:
+    from prefork_work.admin_cli import COMMANDS
+
+    return COMMANDS
+
+
+def _admin(config: Config, args: argparse.Namespace) -> int:
+    """An operator's command: needs the config and Redis, not the job module."""
+    from prefork_work import admin_cli
+    from prefork_work.client import Client
+    from prefork_work.connection import redis_from_url
+    from prefork_work.logging import configure_logging
+
+    configure_logging(config.log.format, config.log.level)  # stderr: stdout is the output
+
+    def connect() -> Client:
+        client = redis_from_url(redis_url_for(config), client_name="prefork-work:admin",
+                                socket_timeout=config.redis.socket_timeout,
+                                cluster=config.redis.cluster, settings=config.redis)
+        return Client(config.server.namespace, client)
+
+    try:
+        return admin_cli.run(args, connect)
+    except admin_cli.UsageError as err:
+        print(f"prefork-work {args.command}: {err}", file=sys.stderr)
+        return EX_USAGE
 
 
 def _check_redis(config: Config) -> str:

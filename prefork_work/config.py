@@ -147,6 +147,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "max_crashes", int, 3, "deaths of a job's process before the job goes to the dead set", _positive),
     Setting("server", "max_jobs_per_child", int, 0, "recycle a child after this many jobs (with 10% jitter); 0 = never", _non_negative),
     Setting("server", "max_memory_per_child", int, 0, "recycle a child whose RSS exceeds this many MiB; 0 = never", _non_negative),
+    Setting("server", "status_ttl", int, 86400, "seconds a finished job's status record is kept (job types registered with status=True)", _positive),
+    Setting("server", "metrics", bool, True, "count job outcomes and durations in Redis for /metrics (false saves their small cost)"),
     Setting("server", "state_dir", str, "", "directory for the embedded Redis's data; empty: $STATE_DIRECTORY (systemd) or ./var next to this file"),
     Setting("web", "listen", str, "", 'HOST:PORT of the dashboard, JSON API and /metrics, run by the master as one more supervised process; empty: off ("prefork-work -c FILE web" runs it alone)', _listen),
     Setting("web", "token", str, "", "bearer token every POST/DELETE must send (Authorization: Bearer ...); $PREFORK_WORK_WEB_TOKEN overrides it; required off loopback unless read_only"),
@@ -181,6 +183,8 @@ class ServerConfig:
     max_jobs_per_child: int
     max_memory_per_child: int
     state_dir: str
+    status_ttl: int = 86400
+    metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,8 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
             max_jobs_per_child=values["server.max_jobs_per_child"],
             max_memory_per_child=values["server.max_memory_per_child"],
             state_dir=str((base / state_dir).resolve()),
+            status_ttl=values["server.status_ttl"],
+            metrics=values["server.metrics"],
         ),
         log=LogConfig(values["log.format"], values["log.level"]),
         web=web,

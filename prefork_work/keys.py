@@ -101,6 +101,27 @@ class Keys:
         """The web app's snapshot of job counters at one minute (epoch // 60), kept two hours."""
         return self.prefix + "pw:web:minute:" + str(minute)
 
+    def metrics(self) -> str:
+        """Namespace-wide counters of every worker (hash): ``processed:<name>``,
+        ``failed:<name>``, ``retried:<name>``, ``dead:<name>``, ``dropped:<name>``, duration
+        histogram buckets ``duration:<name>:<i>`` and ``duration_sum:<name>`` (µs), and
+        ``redis_errors``. Only ever HINCRBY'd, so it is exact across hosts and restarts."""
+        return self.prefix + "pw:metrics"
+
+    def host_metrics(self) -> str:
+        """Counters written by masters (hash), per host: ``deaths\t<host>\t<cause>`` and
+        ``reclaimed\t<host>`` (a tab never occurs in a host name or a cause)."""
+        return self.prefix + "pw:host_metrics"
+
+    def status(self) -> str:
+        """Job status records (hash: job id -> JSON) of job types that ask for them."""
+        return self.prefix + "pw:status"
+
+    def status_expiry(self) -> str:
+        """When each status record expires (sorted set: job id scored by epoch seconds): a
+        hash field has no TTL before Redis 7.4, so the fetch script prunes by this index."""
+        return self.prefix + "pw:status_expiry"
+
     def in_progress_pattern(self) -> str:
         """SCAN MATCH pattern for every in-progress list of the namespace."""
         return _glob_escape(self._jobs_prefix) + "*:inprogress"

@@ -31,6 +31,7 @@ from prefork_work.loops.periodic import PeriodicEnqueuer
 from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
 from prefork_work.safepath import prepare_imports
+from prefork_work.store.metrics import MetricsStore
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
 from prefork_work.web_process import WebProcess
@@ -243,6 +244,24 @@ class WorkServer:
                 job = {"job_id": job_id, "job_name": name}
             log.info("requeued a dead child's jobs", pool_id=record.pool_id, jobs=moved,
                      pid=child.pid, cause=info.cause or info.describe(), **job)
+        self._count_host(None if info.clean else info.describe(), moved)
+
+    def _count_host(self, death: str | None, reclaimed: int) -> None:
+        """Per-host counters for /metrics; a failure to count never stops the master."""
+        if (death is None and not reclaimed) or not self.config.server.metrics:
+            return
+        try:
+            MetricsStore(self.redis, self.keys).count_host(self.host, death, reclaimed)
+        except PreforkWorkError as err:
+            log.warning("could not count a child's death", error=str(err))
+
+    def _count_outcome(self, name: str, outcome: str) -> None:
+        if not self.config.server.metrics:
+            return
+        try:
+            MetricsStore(self.redis, self.keys).count_outcome(name, outcome)
+        except PreforkWorkError as err:
+            log.warning("could not count a job's outcome", job_name=name, error=str(err))
 
     def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> bool:
         """Judge the job a child died running; True when it goes back to its queue as it was."""
@@ -254,6 +273,8 @@ class WorkServer:
             return False
         verdict = self.reaper.record_crash(record.pool_id, name, job_id, info.describe(),
                                            self.config.server.max_crashes, now)
+        if verdict == "dead":
+            self._count_outcome(name, "d")
         log.warning("a job's process died under it", job_id=job_id, job_name=name,
                     cause=info.describe(), verdict=verdict)
         return verdict == "requeued"
@@ -271,8 +292,9 @@ class WorkServer:
         retry = job_type is not None and job_type.max_fails - job.fails > 0
         drop = job_type is not None and not retry and job_type.skip_dead
         backoff = (job_type.backoff or default_backoff)(job) if retry and job_type else 0
-        self.pools.settle_in_progress(pool_id, name, raw, not retry, int(now) + int(backoff),
-                                      b"" if drop else job.to_json())
+        if self.pools.settle_in_progress(pool_id, name, raw, not retry, int(now) + int(backoff),
+                                         b"" if drop else job.to_json()):
+            self._count_outcome(name, "r" if retry else "x" if drop else "d")
         log.warning("job killed at its hard timeout", job_id=job_id, job_name=name,
                     error=job.err, retry=retry)
 
@@ -379,15 +401,17 @@ class WorkServer:
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
+            metrics=self.config.server.metrics, status_ttl=self.config.server.status_ttl,
+            host=self.host,
         )
 
     # --- periodic work ----------------------------------------------------------------------------
     def _reap(self, now: float) -> None:
         if not self.reaped_local:
             # a master restarting on this host takes its predecessor's orphans at once
-            self.reaper.reap_local_orphans(self.host, now)  # logs each pool it reclaims
+            self._count_host(None, self.reaper.reap_local_orphans(self.host, now))  # logs each pool
             self.reaped_local = True
-        self.reaper.tick(now)
+        self._count_host(None, self.reaper.tick(now))
 
     def _check_embedded(self, now: float) -> None:
         assert self.embedded is not None

@@ -12,9 +12,12 @@ stays in that list until it is acknowledged, so a process that dies loses nothin
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import json
 import random
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -33,6 +36,11 @@ from prefork_work.store.queue import Ack, QueueStore
 log = structlog.get_logger("prefork_work.worker")
 
 STRAY_JOB_ERROR = "stray job: no handler"
+DEFAULT_STATUS_TTL = 86400
+# upper bounds (seconds) of the job duration histogram: prometheus_client's defaults
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FIRST_BUCKET = DURATION_BUCKETS[0]
+STATES = {"s": "done", "r": "retry", "d": "dead", "x": "dead"}
 DEFAULT_IDLE_WAITS = (0.05, 0.25, 1.0)  # blocking waits on the wake list, not sleeps
 REDIS_RETRY_WAITS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -139,6 +147,9 @@ class Worker:
         idle_waits: Sequence[float] = DEFAULT_IDLE_WAITS,
         requeue_exceptions: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.time,
+        metrics: bool = True,
+        status_ttl: int = DEFAULT_STATUS_TTL,
+        host: str | None = None,
     ) -> None:
         if not app.job_types:
             raise ValueError("the app registers no job types: nothing to work on")
@@ -158,6 +169,16 @@ class Worker:
         self.sampler = PrioritySampler({n: t.priority for n, t in app.job_types.items()})
         self.group_keys = {n: self.store.fetch_keys(self.pool_id, n) for n in self.job_names}
         self.log = log.bind(pool_id=self.pool_id)
+        # counters ride the next fetch call: outcomes are counted by the script itself,
+        # the duration histogram and Redis errors are summed here (see lua/fetch.lua)
+        self.metrics = metrics
+        self.increments: dict[str, int] = {}
+        # queue -> counts per duration bucket, then the sum of seconds: cheap per job, turned
+        # into counter fields once per batch (_drain_histogram)
+        self.histogram: dict[str, list[float]] = {}
+        self.statuses: list[tuple[int, str, bytes]] = []  # (index in acks, job id, record)
+        self.status_ttl = status_ttl
+        self.host = host or socket.gethostname()
 
         self.buffer: deque[tuple[str, bytes]] = deque()  # fetched, not started: (queue, raw)
         self.acks: list[Ack] = []  # finished, not yet acknowledged
@@ -221,6 +242,8 @@ class Worker:
                     else:
                         self._wait_for_work()
                 except RedisUnavailable as err:
+                    if self.metrics:
+                        self._count("redis_errors")
                     self.outage.wait(err)
         finally:
             self.close()
@@ -230,8 +253,8 @@ class Worker:
         self.stop_requested = True
 
     def flush(self) -> None:
-        """Acknowledge every finished job now."""
-        if self.acks:
+        """Acknowledge every finished job now (and send pending counters)."""
+        if self.acks or self.increments or self.histogram:
             self._call_fetch(want=0)
 
     def close(self) -> None:
@@ -254,9 +277,13 @@ class Worker:
 
     def _call_fetch(self, want: int) -> int:
         acks = self.acks
+        if self.histogram:
+            self._drain_histogram()
         try:
             queue, jobs = self.store.fetch(
-                self.pool_id, self.sampler.sample(), self.group_keys, want, acks
+                self.pool_id, self.sampler.sample(), self.group_keys, want, acks,
+                now=int(self.clock()), count=self.metrics, statuses=self.statuses,
+                status_ttl=self.status_ttl, increments=self.increments,
             )
         except RedisUnavailable:
             # The call may or may not have run in Redis. Acks are safe to resend (an entry
@@ -265,6 +292,8 @@ class Worker:
             self.needs_recovery = True
             raise
         self.acks = []
+        self.statuses = []
+        self.increments = {}
         self.outage.failures = 0
         if queue is not None:
             self.buffer.extend((queue, raw) for raw in jobs)
@@ -307,7 +336,30 @@ class Worker:
             raise
         self.acks.append(ack)
         self.jobs_done += 1
-        self._adapt_batch(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if self.metrics:
+            counts = self.histogram.get(queue)
+            if counts is None:
+                counts = self.histogram[queue] = [0] * (len(DURATION_BUCKETS) + 2)
+            # most jobs are fast: one comparison instead of a search
+            if seconds <= FIRST_BUCKET:
+                counts[0] += 1
+            else:
+                counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+            counts[-1] += seconds
+        self._adapt_batch(seconds)
+
+    def _count(self, field: str, n: int = 1) -> None:
+        self.increments[field] = self.increments.get(field, 0) + n
+
+    def _drain_histogram(self) -> None:
+        """The batch's durations as counter fields (kept until a fetch call succeeds)."""
+        for queue, counts in self.histogram.items():
+            for bucket, n in enumerate(counts[:-1]):
+                if n:
+                    self._count(f"duration:{queue}:{bucket}", int(n))
+            self._count(f"duration_sum:{queue}", int(counts[-1] * 1_000_000))
+        self.histogram = {}
 
     def _adapt_batch(self, seconds: float) -> None:
         self.avg_job_seconds = 0.8 * self.avg_job_seconds + 0.2 * seconds
@@ -330,11 +382,43 @@ class Worker:
             # release exactly what the fetch took: the lock of the queue it came from
             return self._dead(queue, raw, job, STRAY_JOB_ERROR, now)
         job._checkin_hook = self.observer.checkin
+        if job_type.status:
+            return self._execute_recorded(queue, raw, job, job_type, now)
         with self.observer.observe(job, job_type):
             error = self._run(job, job_type)
         if error is None:
             return Ack(queue, raw, "s")
         return self._failed(queue, raw, job, job_type, error, int(self.clock()))
+
+    def _execute_recorded(self, queue: str, raw: bytes, job: Job, job_type: JobType,
+                          now: int) -> Ack:
+        """``_execute`` for a job type with ``status=True``: the same, plus the run's record,
+        sent with the ack (kept apart so that other jobs pay nothing for it)."""
+        started = time.perf_counter()
+        with self.observer.observe(job, job_type):
+            error = self._run(job, job_type)
+        duration = time.perf_counter() - started
+        if error is None:
+            ack = Ack(queue, raw, "s")
+        else:
+            ack = self._failed(queue, raw, job, job_type, error, int(self.clock()))
+        record = self._status_record(job, ack, now, duration)
+        self.statuses.append((len(self.acks), job.id, record))  # the index its ack will have
+        return ack
+
+    def _status_record(self, job: Job, ack: Ack, started_at: int, duration: float) -> bytes:
+        """What ``Client.job_status`` reads back for a job that finished a run."""
+        record = {
+            "name": job.name, "state": STATES[ack.outcome], "fails": job.fails,
+            "enqueued_at": job.t, "started_at": started_at,
+            "finished_at": int(self.clock()), "duration": round(duration, 6),
+            "error": job.err, "pool_id": self.pool_id, "host": self.host,
+        }
+        if ack.outcome in ("r", "d"):
+            record["score"] = ack.score  # where to look in the retry / dead set
+        elif ack.outcome == "x":
+            record["dropped"] = True  # dead, but in no set (skip_dead): the record is all
+        return json.dumps(record, separators=(",", ":")).encode()
 
     def _run(self, job: Job, job_type: JobType) -> BaseException | None:
         """Run middleware and handler; the one place a job's exception becomes its outcome."""

@@ -9,7 +9,10 @@
 -- KEYS[1] = <p>retry
 -- KEYS[2] = <p>dead
 -- KEYS[3] = <p>pw:wake                     (deleted when the fetch finds nothing; see below)
--- KEYS[3 + 6*(g-1) + 1..6] = group g, in the priority-sampled order of this call:
+-- KEYS[4] = <p>pw:metrics                  (counters: outcomes per job name, histogram, ...)
+-- KEYS[5] = <p>pw:status                   (status records of job types that ask for them)
+-- KEYS[6] = <p>pw:status_expiry            (their expiry times, to prune the hash)
+-- KEYS[6 + 6*(g-1) + 1..6] = group g, in the priority-sampled order of this call:
 --   1 <p>jobs:<name>   2 <p>jobs:<name>:<poolID>:inprogress   3 <p>jobs:<name>:paused
 --   4 <p>jobs:<name>:lock   5 <p>jobs:<name>:lock_info   6 <p>jobs:<name>:max_concurrency
 -- ARGV[1] = pool ID
@@ -20,6 +23,17 @@
 --   outcome: "s" success, "r" retry, "d" dead, "x" dropped (skip_dead), "q" return unstarted
 --            to the front of its queue,
 --   for "r"/"d": "<score> <re-serialized job>"; otherwise "".
+-- then ARGV[i] = now (epoch seconds), ARGV[i+1] = status TTL in seconds, ARGV[i+2] = "1" to
+--   count outcomes in <p>pw:metrics ("0": [server] metrics = false),
+--   ARGV[i+3] = number of status records S, followed by S triples: the number k of the
+--   acknowledgement it belongs to (1-based), the job id and the record's JSON, written when
+--   acknowledgement k took its entry (so a reclaimed job's stale run writes nothing),
+--   ARGV[j] = number of counter increments H, followed by H pairs (field of <p>pw:metrics,
+--   increment): the worker's duration histogram of this batch, Redis errors it rode out.
+--
+-- Every acknowledgement that takes its entry (all outcomes but "q") counts in <p>pw:metrics:
+-- processed:<name>, and for failures failed:<name> plus retried:/dead:/dropped:<name>; one
+-- HINCRBY per distinct field per call, so the counters are exact and cost no round trip.
 --
 -- Locks are released only for entries still in the in-progress list: if a reaper already
 -- moved the job back to its queue (and released its lock), the ack neither releases the
@@ -35,17 +49,33 @@ local pool = ARGV[1]
 local want = tonumber(ARGV[2])
 local nacks = tonumber(ARGV[3])
 
+local G0 = 6  -- keys before the first group
+-- outcome -> (counter, number): counts are keyed by the number g * 4 + n, no string per job
+local COUNTED = {s = 'processed', r = 'retried', d = 'dead', x = 'dropped'}
+local CODE = {s = 0, r = 1, d = 2, x = 3}
+local OUTCOME = {[0] = 's', [1] = 'r', [2] = 'd', [3] = 'x'}
+
 local released = {}
+local taken = {}  -- acknowledgement number -> true when it took its entry (if track)
+local counts = {}  -- g * 4 + CODE[outcome] -> n
 local i = 4
-for _ = 1, nacks do
+local count = ARGV[i + 4 * nacks + 2] == '1'  -- the arguments after the records
+local track = tonumber(ARGV[i + 4 * nacks + 3]) > 0  -- status records to write
+for k = 1, nacks do
   local g = tonumber(ARGV[i])
   local raw = ARGV[i + 1]
   local outcome = ARGV[i + 2]
   local extra = ARGV[i + 3]
   i = i + 4
-  local base = 3 + 6 * (g - 1)
+  local base = G0 + 6 * (g - 1)
   if redis.call('LREM', KEYS[base + 2], -1, raw) > 0 then
     released[g] = (released[g] or 0) + 1
+    if track then taken[k] = true end
+    local code = CODE[outcome]
+    if count and code then
+      local c = g * 4 + code
+      counts[c] = (counts[c] or 0) + 1
+    end
     if outcome == 'r' or outcome == 'd' then
       local sp = string.find(extra, ' ', 1, true)
       local target = KEYS[1]
@@ -57,18 +87,62 @@ for _ = 1, nacks do
   end
 end
 for g, n in pairs(released) do
-  local base = 3 + 6 * (g - 1)
+  local base = G0 + 6 * (g - 1)
   redis.call('DECRBY', KEYS[base + 4], n)
   redis.call('HINCRBY', KEYS[base + 5], pool, -n)
+end
+
+-- counters: the job name is the group's queue key minus "<p>jobs:"
+local prefix_len = #KEYS[4] - #'pw:metrics' + #'jobs:'
+local failed = {}
+for c, n in pairs(counts) do
+  local outcome, g = OUTCOME[c % 4], math.floor(c / 4)
+  local name = string.sub(KEYS[G0 + 6 * (g - 1) + 1], prefix_len + 1)
+  redis.call('HINCRBY', KEYS[4], 'processed:' .. name, n)
+  if outcome ~= 's' then
+    redis.call('HINCRBY', KEYS[4], COUNTED[outcome] .. ':' .. name, n)
+    failed[name] = (failed[name] or 0) + n
+  end
+end
+for name, n in pairs(failed) do
+  redis.call('HINCRBY', KEYS[4], 'failed:' .. name, n)
+end
+
+local now = tonumber(ARGV[i])
+local ttl = tonumber(ARGV[i + 1])
+local nstatus = tonumber(ARGV[i + 3])
+i = i + 4
+if nstatus > 0 then
+  local written = 0
+  for _ = 1, nstatus do
+    if taken[tonumber(ARGV[i])] then
+      redis.call('HSET', KEYS[5], ARGV[i + 1], ARGV[i + 2])
+      redis.call('ZADD', KEYS[6], now + ttl, ARGV[i + 1])
+      written = written + 1
+    end
+    i = i + 3
+  end
+  -- prune at most twice what was written (and a few more), so the hash never outgrows
+  -- the records of the last TTL while no call ever does unbounded work
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 2 * written + 8)
+  if #expired > 0 then
+    redis.call('HDEL', KEYS[5], unpack(expired))
+    redis.call('ZREM', KEYS[6], unpack(expired))
+  end
+end
+local nincr = tonumber(ARGV[i])
+for _ = 1, nincr do
+  redis.call('HINCRBY', KEYS[4], ARGV[i + 1], ARGV[i + 2])
+  i = i + 2
 end
 
 if want <= 0 then
   return {0, {}}
 end
 
-local groups = (#KEYS - 3) / 6
+local groups = (#KEYS - G0) / 6
 for g = 1, groups do
-  local base = 3 + 6 * (g - 1)
+  local base = G0 + 6 * (g - 1)
   local queue = KEYS[base + 1]
   local len = redis.call('LLEN', queue)
   if len > 0 and not redis.call('GET', KEYS[base + 3]) then

@@ -86,3 +86,74 @@ class AdminStore(RedisStore):
         pipe.set(self.keys.max_concurrency(name), limit)
         self.wake(pipe, WAKE_TOKENS_MAX)
         pipe.execute()
+
+    @translate_errors
+    def queue_controls(self, names: Sequence[str]) -> list[tuple[bool, int, int]]:
+        """(paused, max concurrency, lock) of each name; a value that is not an int is 0."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.keys.paused(name))
+            pipe.get(self.keys.max_concurrency(name))
+            pipe.get(self.keys.lock(name))
+        replies = pipe.execute()
+        return [(bool(replies[3 * i]), _int(replies[3 * i + 1]), _int(replies[3 * i + 2]))
+                for i in range(len(names))]
+
+    @translate_errors
+    def zcard(self, zset: str) -> int:
+        return int(self.redis.zcard(zset))
+
+    # --- job status -------------------------------------------------------------------------------
+    @translate_errors
+    def status_record(self, job_id: str) -> bytes | None:
+        value: bytes | None = self.redis.hget(self.keys.status(), job_id)
+        return value
+
+    @translate_errors
+    def scan_zset(self, zset: str, needle: bytes, count: int = 1000) -> list[tuple[bytes, float]]:
+        """Every member containing ``needle`` (ZSCAN MATCH: O(N) in the set, in steps)."""
+        pattern = b"*" + _glob_escape(needle) + b"*"
+        return [(member, score)
+                for member, score in self.redis.zscan_iter(zset, match=pattern, count=count)
+                if needle in member]
+
+    @translate_errors
+    def find_queued(self, names: Sequence[str], needle: bytes, limit: int) -> tuple[str, bytes] | None:
+        """(queue name, entry) of the first entry containing ``needle`` among both ends of
+        each queue (``limit`` entries each): lua/find_job.lua."""
+        if not names:
+            return None
+        found = self.run_script("find_job", [self.keys.jobs(n) for n in names], [needle, limit])
+        if not found:
+            return None
+        return names[int(found[0]) - 1], found[1]
+
+    @translate_errors
+    def in_progress_entries(
+        self, names: Sequence[str], pool_ids: Sequence[str]
+    ) -> list[tuple[str, str, list[bytes]]]:
+        """(name, pool id, entries) of every in-progress list of these names and pools."""
+        pairs = [(n, p) for p in pool_ids for n in names]
+        pipe = self.redis.pipeline(transaction=False)
+        for name, pool_id in pairs:
+            pipe.lrange(self.keys.in_progress(name, pool_id), 0, -1)
+        return [(n, p, entries) for (n, p), entries in zip(pairs, pipe.execute(), strict=True)]
+
+    @translate_errors
+    def zset_sizes(self) -> tuple[int, int, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (self.keys.scheduled(), self.keys.retry(), self.keys.dead()):
+            pipe.zcard(key)
+        scheduled, retry, dead = pipe.execute()
+        return int(scheduled), int(retry), int(dead)
+
+
+def _glob_escape(text: bytes) -> bytes:
+    return b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in text)
+
+
+def _int(value: bytes | None) -> int:
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0

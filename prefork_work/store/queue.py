@@ -6,7 +6,7 @@ previous batch and fetching the next), and an enqueue is one pipelined round tri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +34,8 @@ class Ack:
 
 class QueueStore(RedisStore):
     """Enqueue and worker-side Redis operations of one namespace."""
+
+    _fetch_head: list[str] | None = None  # the fetch script's first keys, built once
 
     # --- enqueue ------------------------------------------------------------------------
     @translate_errors
@@ -98,6 +100,12 @@ class QueueStore(RedisStore):
         group_keys: dict[str, list[str]],
         want: int,
         acks: Sequence[Ack],
+        *,
+        now: int = 0,
+        count: bool = True,
+        statuses: Sequence[tuple[int, str, bytes]] = (),
+        status_ttl: int = 0,
+        increments: Mapping[str, int] | None = None,
     ) -> tuple[str | None, list[bytes]]:
         """Acknowledge ``acks`` and fetch up to ``want`` jobs from the first eligible queue.
 
@@ -105,8 +113,16 @@ class QueueStore(RedisStore):
         among them. Returns (name of the queue served or None, raw jobs oldest first).
         Never retried here: a retried fetch could claim a second batch (the worker recovers
         its own in-progress lists after a connection error instead).
+
+        The same call counts the acknowledged outcomes in ``<p>pw:metrics`` (``count``),
+        adds ``increments`` to it, and writes ``statuses`` — (index of the ack in ``acks``,
+        job id, record JSON) — to the status hash, kept ``status_ttl`` seconds past ``now``.
         """
-        keys = [self.keys.retry(), self.keys.dead(), self.keys.wake()]
+        if self._fetch_head is None:
+            k = self.keys
+            self._fetch_head = [k.retry(), k.dead(), k.wake(), k.metrics(), k.status(),
+                                k.status_expiry()]
+        keys = self._fetch_head[:]
         group_of: dict[str, int] = {}
         for number, name in enumerate(order, start=1):
             keys.extend(group_keys[name])
@@ -115,6 +131,13 @@ class QueueStore(RedisStore):
         for ack in acks:
             extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
+        args.extend((now, status_ttl, 1 if count else 0, len(statuses)))
+        for index, job_id, record in statuses:
+            args.extend((index + 1, job_id, record))
+        args.append(len(increments) if increments else 0)
+        if increments:
+            for field, value in increments.items():
+                args.extend((field, value))
         with redis_errors():
             group, jobs = self.run_script("fetch", keys, args)
         if not group:
