@@ -39,7 +39,7 @@ class WebStore(AdminStore):
         return int(scheduled), int(retry), int(dead)
 
     @translate_errors
-    def find_queued(self, name: str, needle: bytes, match: Callable[[bytes], bool]) -> bytes | None:
+    def find_queued_entry(self, name: str, needle: bytes, match: Callable[[bytes], bool]) -> bytes | None:
         """The oldest entry of ``name``'s queue that contains ``needle`` (a cheap byte test)
         and satisfies ``match`` (the decoded check). O(queue length): for an operator's explicit delete, never a page."""
         key = self.keys.jobs(name)

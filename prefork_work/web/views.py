@@ -150,7 +150,7 @@ class Views:
             except MalformedJob:
                 return False
 
-        entry = self.store.find_queued(name, needle, same_id)
+        entry = self.store.find_queued_entry(name, needle, same_id)
         if entry is None or not self.store.remove_queued(name, entry):
             raise NotDeleted()
 
