@@ -24,7 +24,7 @@ PAGES = [
     "/", "/ui/queues", "/ui/processes", "/ui/busy",
     "/ui/scheduled", "/ui/retry", "/ui/dead", "/ui/dead?page={last}",
     "/api/queues", "/api/metrics/queues", "/api/overview", "/api/processes",
-    "/queues", "/dead_jobs?page=1", "/dead_jobs?page={last}", "/busy_workers",
+    "/queues", "/dead_jobs?page=1", "/dead_jobs?page={last}", "/busy_workers", "/metrics",
     # job status lookups (Client.job_status): a dead job halfway down the set, an unknown id
     "/ui/status?id={dead_id}", "/api/jobs/{dead_id}", "/api/jobs/{unknown_id}",
 ]
