@@ -13,9 +13,8 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import structlog
 
 from prefork_work.app import validate_job_name
@@ -24,6 +23,9 @@ from prefork_work.errors import MalformedJob, NotDeleted, NotRetried
 from prefork_work.job import Job
 from prefork_work.keys import Keys
 from prefork_work.store.admin import AdminStore
+
+if TYPE_CHECKING:
+    import redis
 
 log = structlog.get_logger("prefork_work.client")
 

@@ -147,6 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "max_crashes", int, 3, "deaths of a job's process before the job goes to the dead set", _positive),
     Setting("server", "max_jobs_per_child", int, 0, "recycle a child after this many jobs (with 10% jitter); 0 = never", _non_negative),
     Setting("server", "max_memory_per_child", int, 0, "recycle a child whose RSS exceeds this many MiB; 0 = never", _non_negative),
+    Setting("server", "max_payload_bytes", int, 16 * 1024 * 1024, "a job payload larger than this many bytes is never run: it goes to the dead set with an error; 0 = no limit", _non_negative),
     Setting("server", "status_ttl", int, 86400, "seconds a finished job's status record is kept (job types registered with status=True)", _positive),
     Setting("server", "metrics", bool, True, "count job outcomes and durations in Redis for /metrics (false saves their small cost)"),
     Setting("server", "state_dir", str, "", "directory for the embedded Redis's data; empty: $STATE_DIRECTORY (systemd) or ./var next to this file"),
@@ -183,6 +184,7 @@ class ServerConfig:
     max_jobs_per_child: int
     max_memory_per_child: int
     state_dir: str
+    max_payload_bytes: int = 16 * 1024 * 1024
     status_ttl: int = 86400
     metrics: bool = True
 
@@ -282,6 +284,7 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
             max_jobs_per_child=values["server.max_jobs_per_child"],
             max_memory_per_child=values["server.max_memory_per_child"],
             state_dir=str((base / state_dir).resolve()),
+            max_payload_bytes=values["server.max_payload_bytes"],
             status_ttl=values["server.status_ttl"],
             metrics=values["server.metrics"],
         ),

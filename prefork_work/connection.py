@@ -79,3 +79,23 @@ def _settings_options(url: str, settings: RedisConfig) -> dict[str, object]:
             if getattr(settings, key):
                 options[option] = getattr(settings, key)
     return options
+
+
+def answers_ping(client: redis.Redis | RedisCluster) -> bool:
+    """One PING; False when nothing answers yet (or any more): a socket not there, a refusal."""
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+        return False
+
+
+def shutdown_server(url: str, *, save: bool, timeout: float) -> None:
+    """SHUTDOWN the server at ``url`` (NOSAVE unless ``save``: then the server persists as it
+    is configured to); its closing the connection under us is success."""
+    client = redis_from_url(url, client_name="prefork-work:shutdown", socket_timeout=timeout)
+    try:
+        client.shutdown(nosave=not save)
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+        pass  # shutdown closes the connection under us; that is the expected outcome
+    finally:
+        client.close()

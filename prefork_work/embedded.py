@@ -44,9 +44,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import redis
-
-from prefork_work.connection import redis_from_url
+from prefork_work.connection import answers_ping, redis_from_url, shutdown_server
 from prefork_work.errors import ConfigError, RedisUnavailable
 from prefork_work.safepath import check_creatable, check_entries, check_path, trusted_uids
 
@@ -361,11 +359,8 @@ class EmbeddedRedis:
                         f"embedded redis-server exited with {self.process.returncode}; "
                         f"see {self.directory / 'redis.log'}"
                     )
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
-                    pass
+                if answers_ping(client):
+                    return
                 if time.monotonic() > deadline:
                     self.kill()
                     raise RedisUnavailable(f"embedded redis-server did not answer within {timeout}s")
@@ -412,13 +407,7 @@ class EmbeddedRedis:
         if not self.alive():
             return
         assert self.process is not None
-        client = redis_from_url(self.url, client_name="prefork-work:shutdown", socket_timeout=timeout)
-        try:
-            client.shutdown(nosave=not self.persist)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-            pass  # shutdown closes the connection under us; that is the expected outcome
-        finally:
-            client.close()
+        shutdown_server(self.url, save=self.persist, timeout=timeout)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

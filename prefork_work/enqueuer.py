@@ -9,15 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from prefork_work.app import validate_job_name
 from prefork_work.errors import InvalidJobArguments
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
 from prefork_work.store.queue import QueueStore
+
+if TYPE_CHECKING:
+    import redis
 
 KNOWN_JOBS_CACHE_SECONDS = 300  # gocraft: one SADD of known_jobs per name per 300 s
 

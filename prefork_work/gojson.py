@@ -23,7 +23,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from prefork_work.errors import InvalidJobArguments
+from prefork_work.errors import InvalidJobArguments, describe, truncate
 
 _c_dumps = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
@@ -39,18 +39,35 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def dumps(value: Any) -> str:
-    """Go's ``json.Marshal`` of ``value``; InvalidJobArguments for what Go cannot encode."""
-    if _plain(value):
-        text = _c_dumps(value)
-    else:
-        parts: list[str] = []
-        _encode(value, parts, "args")
-        text = "".join(parts)
-    if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
-        # Only strings can hold these characters, and escaping never produces them, so a
-        # translation of the finished text is exact.
-        text = text.translate(_HTML)
-    return text
+    """Go's ``json.Marshal`` of ``value``; InvalidJobArguments for what Go cannot encode.
+
+    Every failure is an InvalidJobArguments, whatever raised it: nesting past the recursion
+    limit (RecursionError), a cycle (ValueError), a value too large (MemoryError,
+    OverflowError), a broken ``__str__`` of a key... Callers (enqueue, re-encoding a failed
+    job, observations) then have one error to handle.
+    """
+    try:  # free in Python 3.11 unless something raises
+        if _plain(value):
+            text = _c_dumps(value)
+        else:
+            parts: list[str] = []
+            _encode(value, parts, "args")
+            text = "".join(parts)
+        if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
+            # Only strings can hold these characters, and escaping never produces them, so a
+            # translation of the finished text is exact.
+            text = text.translate(_HTML)
+        return text
+    except InvalidJobArguments:
+        raise
+    except RecursionError:
+        raise InvalidJobArguments("value nested too deeply to encode") from None
+    except ValueError as err:
+        if "ircular" in str(err):
+            raise InvalidJobArguments("value contains a reference to itself") from None
+        raise InvalidJobArguments(f"cannot encode: {type(err).__name__}") from None
+    except Exception as err:
+        raise InvalidJobArguments(f"cannot encode: {type(err).__name__}") from None
 
 
 def dumps_stream(value: Any) -> str:
@@ -93,9 +110,7 @@ def _encode(value: Any, out: list[str], path: str) -> None:
         items = []
         for key in value:
             if not isinstance(key, str):
-                raise InvalidJobArguments(
-                    f"{path}: map keys must be strings, got {type(key).__name__} {key!r}"
-                )
+                raise InvalidJobArguments(f"{_short(path)}: map keys must be strings, got {describe(key)}")
             items.append((_scalar_bytes(key), key))
         items.sort()
         out.append("{")
@@ -115,9 +130,14 @@ def _encode(value: Any, out: list[str], path: str) -> None:
         out.append("]")
     else:
         raise InvalidJobArguments(
-            f"{path}: {type(value).__name__} is not JSON-serializable "
+            f"{_short(path)}: {type(value).__name__} is not JSON-serializable "
             "(use str, int, float, bool, None, list or dict)"
         )
+
+
+def _short(path: str) -> str:
+    # a path is made of the caller's keys: bounded in messages like any other value
+    return truncate(path)
 
 
 def _scalar_bytes(text: str) -> bytes:
@@ -150,7 +170,7 @@ def format_float(value: float, path: str = "value") -> str:
     """Go's float64 encoding: shortest round-trip digits, 'f' or 'e' format by magnitude."""
     if math.isnan(value) or math.isinf(value):
         shown = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-        raise InvalidJobArguments(f"{path}: json: unsupported value: {shown}")
+        raise InvalidJobArguments(f"{_short(path)}: json: unsupported value: {shown}")
     if value == 0:
         return "-0" if math.copysign(1.0, value) < 0 else "0"
     sign, digits, exponent = Decimal(repr(value)).as_tuple()

@@ -10,13 +10,15 @@ Fields a newer writer added survive a round trip in ``extra`` (Go itself would d
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefork_work.errors import InvalidJobArguments, MalformedJob
+from prefork_work.errors import InvalidJobArguments, MalformedJob, describe
 from prefork_work.gojson import dumps
 
 # ArgInt64 accepts whole floats within this bound: 100 less than 2^53 in gocraft (W36);
@@ -38,13 +40,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Go decodes every JSON number into a float64: one beyond its range is an error there
+# ("1e999", a 400-digit integer), and here a value Go could not read back.
+_FLOAT64_MAX = int(sys.float_info.max)
+_FLOAT64_MAX_DIGITS = len(str(_FLOAT64_MAX))  # 309
+
+
 def _parse_int(text: str) -> int | float:
     # Go decodes numbers as float64, so "-0" keeps its sign; Python's int("-0") would not.
-    return -0.0 if text == "-0" else int(text)
+    if text == "-0":
+        return -0.0
+    value = int(text)
+    if len(text) >= _FLOAT64_MAX_DIGITS and abs(value) > _FLOAT64_MAX:
+        raise ValueError(f"a number of {len(text.lstrip('-'))} digits is out of range")
+    return value
 
 
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-_decode_signed_zero = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int).decode
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float).decode
+# Only a text holding "-0" or a run of digits wider than a float64 needs the (slower) int hook.
+_LONG_NUMBER = re.compile(f"[0-9]{{{_FLOAT64_MAX_DIGITS}}}")
+_decode_checked_ints = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int
+).decode
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -70,7 +94,8 @@ def _last_of_each_field(text: str) -> dict[str, Any]:
         objects.append(items)  # innermost first: the job object itself comes last
         return dict(items)
 
-    json.JSONDecoder(object_pairs_hook=keep, parse_constant=_reject_constant).decode(text)
+    json.JSONDecoder(object_pairs_hook=keep, parse_constant=_reject_constant,
+                     parse_float=_parse_float, parse_int=_parse_int).decode(text)
     values: dict[str, Any] = {}
     for key, value in objects[-1]:
         folded = key if key in _FIELDS else key.lower()
@@ -108,60 +133,78 @@ class Job:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Job:
-        raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        try:
+        """Decode a job; every failure, whatever raised it, is a MalformedJob.
+
+        Bytes from Redis are untrusted: nesting deeper than the recursion limit (Go accepts
+        10,000 levels) raises RecursionError, a huge document MemoryError; none of that may
+        escape to a worker or a master loop as anything but a job to dead-letter.
+        """
+        raw_bytes = b""
+        try:  # one try around it all: free in Python 3.11 unless something raises
+            raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
             text = raw_bytes.decode("utf-8", "replace")
-            data = _decode_signed_zero(text) if "-0" in text else _decode(text)
-        except ValueError as err:
-            raise MalformedJob(raw_bytes, f"invalid JSON: {err}") from None
-        if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the common job has no escape
-            data = _no_lone_surrogates(data)
-        if not isinstance(data, dict):
-            raise MalformedJob(raw_bytes, f"a job must be a JSON object, got {type(data).__name__}")
-        values: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for key, value in data.items():
-            folded = key if key in _FIELDS else key.lower()
-            if folded not in _FIELDS:
-                extra[key] = value
-            elif folded in values:  # "t" and "T" both: Go keeps the one written last
-                values.update(_last_of_each_field(text))
-                break
+            if "-0" in text or (len(text) > _FLOAT64_MAX_DIGITS and _LONG_NUMBER.search(text)):
+                data = _decode_checked_ints(text)
             else:
-                values[folded] = value
-        for name in _INT_FIELDS:
-            value = values.get(name)
-            if value is None:
-                values[name] = 0
-            elif type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
-                raise MalformedJob(raw_bytes, f"field {name!r} must be an integer, got {value!r}")
-        for name in _STR_FIELDS:
-            value = values.get(name)
-            if value is None:
-                values[name] = ""
-            elif type(value) is not str:
-                raise MalformedJob(raw_bytes, f"field {name!r} must be a string, got {value!r}")
-        args = values.get("args")
-        if args is not None and type(args) is not dict:
-            raise MalformedJob(raw_bytes, f"field 'args' must be an object or null, got {args!r}")
-        unique = values.get("unique")
-        if unique is None:
-            unique = False
-        elif type(unique) is not bool:
-            raise MalformedJob(raw_bytes, f"field 'unique' must be a bool, got {unique!r}")
-        return cls(
-            name=values["name"],
-            id=values["id"],
-            t=values["t"],
-            args=args,
-            unique=unique,
-            unique_key=values["unique_key"],
-            fails=values["fails"],
-            err=values["err"],
-            failed_at=values["failed_at"],
-            extra=extra,
-            raw=raw_bytes,
-        )
+                data = _decode(text)
+            if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # the common job has no escape
+                data = _no_lone_surrogates(data)
+            if not isinstance(data, dict):
+                raise MalformedJob(raw_bytes, f"a job must be a JSON object, got {type(data).__name__}")
+            values: dict[str, Any] = {}
+            extra: dict[str, Any] = {}
+            for key, value in data.items():
+                folded = key if key in _FIELDS else key.lower()
+                if folded not in _FIELDS:
+                    extra[key] = value
+                elif folded in values:  # "t" and "T" both: Go keeps the one written last
+                    values.update(_last_of_each_field(text))
+                    break
+                else:
+                    values[folded] = value
+            for name in _INT_FIELDS:
+                value = values.get(name)
+                if value is None:
+                    values[name] = 0
+                elif type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+                    raise MalformedJob(raw_bytes, f"field {name!r} must be an integer, got {describe(value)}")
+            for name in _STR_FIELDS:
+                value = values.get(name)
+                if value is None:
+                    values[name] = ""
+                elif type(value) is not str:
+                    raise MalformedJob(raw_bytes, f"field {name!r} must be a string, got {describe(value)}")
+            args = values.get("args")
+            if args is not None and type(args) is not dict:
+                raise MalformedJob(raw_bytes, f"field 'args' must be an object or null, got {describe(args)}")
+            unique = values.get("unique")
+            if unique is None:
+                unique = False
+            elif type(unique) is not bool:
+                raise MalformedJob(raw_bytes, f"field 'unique' must be a bool, got {describe(unique)}")
+            return cls(
+                name=values["name"],
+                id=values["id"],
+                t=values["t"],
+                args=args,
+                unique=unique,
+                unique_key=values["unique_key"],
+                fails=values["fails"],
+                err=values["err"],
+                failed_at=values["failed_at"],
+                extra=extra,
+                raw=raw_bytes,
+            )
+        except MalformedJob:
+            raise
+        except RecursionError:
+            raise MalformedJob(raw_bytes, "invalid JSON: nested too deeply") from None
+        except MemoryError:
+            raise MalformedJob(raw_bytes, f"too large to decode ({len(raw_bytes)} bytes)") from None
+        except ValueError as err:  # json.JSONDecodeError, numbers out of range
+            raise MalformedJob(raw_bytes, f"invalid JSON: {str(err)[:200]}") from None
+        except Exception as err:  # anything else a hostile payload finds
+            raise MalformedJob(raw_bytes, f"cannot decode: {type(err).__name__}") from None
 
     def to_json(self) -> bytes:
         """Go's ``Job.serialize`` bytes (omitempty fields left out, compact, Go escaping)."""
@@ -229,14 +272,16 @@ class Job:
 
     def _arg_problem(self, key: str, wanted: str, value: Any) -> None:
         if value is Job._MISSING:
-            self.arg_error = InvalidJobArguments(f"looking for {wanted} in {key!r} but it is missing")
+            self.arg_error = InvalidJobArguments(
+                f"looking for {wanted} in {key!r} but it is missing"
+            )
         else:
             self.arg_error = InvalidJobArguments(
-                f"looking for {wanted} in {key!r} but got {type(value).__name__} {value!r}"
+                f"looking for {wanted} in {key!r} but got {describe(value)}"
             )
 
 
 def _int(value: int, field_name: str) -> str:
     if type(value) is not int:
-        raise InvalidJobArguments(f"field {field_name!r} must be an integer, got {value!r}")
+        raise InvalidJobArguments(f"field {field_name!r} must be an integer, got {describe(value)}")
     return int.__repr__(value)

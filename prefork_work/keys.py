@@ -122,9 +122,10 @@ class Keys:
         hash field has no TTL before Redis 7.4, so the fetch script prunes by this index."""
         return self.prefix + "pw:status_expiry"
 
-    def in_progress_pattern(self) -> str:
-        """SCAN MATCH pattern for every in-progress list of the namespace."""
-        return _glob_escape(self._jobs_prefix) + "*:inprogress"
+    def in_progress_pattern(self, pool_id: str | None = None) -> str:
+        """SCAN MATCH pattern for every in-progress list of the namespace, or of one pool."""
+        pool = "" if pool_id is None else _glob_escape(pool_id) + ":"
+        return _glob_escape(self._jobs_prefix) + "*:" + pool + "inprogress"
 
     def parse_in_progress(self, key: str) -> tuple[str, str] | None:
         """``<p>jobs:<name>:<poolID>:inprogress`` -> (name, pool_id); None for anything else."""

@@ -94,6 +94,7 @@ class ChildRecord:
     worker_id: str
     started_at: int
     observed: str | None = None  # the slot label last written as an observation
+    checkin: bytes = b""  # the check-in (time and message) last written for that job
 
 
 def hard_timeout_of(job_type: JobType | None, grace: float) -> float | None:
@@ -110,8 +111,14 @@ class ScoreboardObserver:
     """Observes jobs through the child's shared-memory slot: no Redis, no syscall per job.
 
     The slot's extra blob holds the raw job bytes (decoded by the master only for the rare
-    job that is still running when observations are written) and, after a NUL, the check-in.
+    job that is still running when observations are written) and, after a check-in,
+    ``raw NUL checkin_at NUL message``: the time of the check-in travels with it, so that
+    Go's client and web UI see when the job last checked in, not when the master looked.
     """
+
+    # a check-in must fit the slot: past this the raw bytes are left out of it (their args
+    # were already observed, or were too long to be decoded from the slot anyway)
+    ROOM_FOR_RAW = 4096
 
     def __init__(self, ctx: ChildContext, grace: float) -> None:
         self.ctx = ctx
@@ -127,7 +134,9 @@ class ScoreboardObserver:
             yield
 
     def checkin(self, job: Job, message: str) -> None:
-        self.ctx.slot.note(self.raw + b"\0" + message.encode("utf-8", "replace"))
+        raw = self.raw if len(self.raw) <= self.ROOM_FOR_RAW else b""
+        self.ctx.slot.note(raw + b"\0" + str(int(time.time())).encode() + b"\0"
+                           + message.encode("utf-8", "replace"))
 
 
 class MasterWatch:
@@ -401,6 +410,7 @@ class WorkServer:
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
+            max_payload_bytes=self.config.server.max_payload_bytes,
             metrics=self.config.server.metrics, status_ttl=self.config.server.status_ttl,
             host=self.host,
         )
@@ -459,8 +469,12 @@ class WorkServer:
                     started.append((record.worker_id, name, job_id, int(state.started_at),
                                     _observation_args(raw)))
                     record.observed = state.label
-                if checkin:
-                    checkins.append((record.worker_id, checkin.decode("utf-8", "replace"), int(now)))
+                    record.checkin = b""
+                if checkin and checkin != record.checkin:  # written when it changes, as Go's
+                    at, _, message = checkin.partition(b"\0")
+                    checkins.append((record.worker_id, message.decode("utf-8", "replace"),
+                                     int(at) if at.isdigit() else int(now)))
+                    record.checkin = checkin
             elif record.observed is not None:
                 idle.append(record.worker_id)
                 record.observed = None

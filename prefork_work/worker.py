@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import logging
 import random
 import signal
 import socket
@@ -22,16 +23,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
 import structlog
 
 from prefork_work.app import App, JobType
-from prefork_work.errors import JobTimeout, MalformedJob, RedisUnavailable
+from prefork_work.errors import (
+    InvalidJobArguments,
+    JobTimeout,
+    MalformedJob,
+    PreforkWorkError,
+    RedisUnavailable,
+    truncate,
+)
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
 from prefork_work.store.queue import Ack, QueueStore
+
+if TYPE_CHECKING:
+    import redis
 
 log = structlog.get_logger("prefork_work.worker")
 
@@ -43,6 +53,9 @@ FIRST_BUCKET = DURATION_BUCKETS[0]
 STATES = {"s": "done", "r": "retry", "d": "dead", "x": "dead"}
 DEFAULT_IDLE_WAITS = (0.05, 0.25, 1.0)  # blocking waits on the wake list, not sleeps
 REDIS_RETRY_WAITS = (0.1, 0.25, 0.5, 1.0, 2.0)
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # [server] max_payload_bytes
+DEFAULT_MAX_BATCH_BYTES = 1024 * 1024  # a batch stops growing at this many bytes of payloads
+SIGMASK_CHECK_AFTER = 0.0005  # seconds: jobs longer than this get the signal mask check per job
 
 
 class Observer(Protocol):
@@ -85,7 +98,10 @@ def observation_args(job: Job) -> str:
         return ""
     from prefork_work.gojson import dumps
 
-    return dumps(job.args)
+    try:
+        return dumps(job.args)
+    except InvalidJobArguments:  # decoded, yet not re-encodable (e.g. nested very deep)
+        return ""
 
 
 def default_backoff(job: Job) -> int:
@@ -147,9 +163,13 @@ class Worker:
         idle_waits: Sequence[float] = DEFAULT_IDLE_WAITS,
         requeue_exceptions: tuple[type[BaseException], ...] = (),
         clock: Callable[[], float] = time.time,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        release_after: float | None = None,
         metrics: bool = True,
         status_ttl: int = DEFAULT_STATUS_TTL,
         host: str | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not app.job_types:
             raise ValueError("the app registers no job types: nothing to work on")
@@ -159,16 +179,28 @@ class Worker:
         self.pool_id = pool_id or make_identifier()
         self.worker_id = worker_id or make_identifier()
         self.clock = clock
+        # measures job durations (batch size, watchdog); a test passes a fake one
+        self.timer = timer
         self.observer: Observer = observer or RedisObserver(self.store, self.worker_id, clock)
         self.max_batch = max(1, max_batch)
         self.batch_seconds = batch_seconds
         self.idle_waits = tuple(idle_waits) or DEFAULT_IDLE_WAITS
         # exceptions that mean "stop now, this job did not fail" (the server's Interrupted)
         self.requeue_exceptions = requeue_exceptions
+        # what may escape the dispatch of a fetched payload; anything else makes it malformed
+        self._passthrough: tuple[type[BaseException], ...] = (RedisUnavailable, *requeue_exceptions)
+        self.max_payload_bytes = max_payload_bytes
+        self.max_batch_bytes = max_batch_bytes
+        # a running job older than this proves slow: the unstarted rest of its batch goes back
+        self.release_after = 2 * batch_seconds if release_after is None else release_after
         self.job_names = sorted(app.job_types)
         self.sampler = PrioritySampler({n: t.priority for n, t in app.job_types.items()})
         self.group_keys = {n: self.store.fetch_keys(self.pool_id, n) for n in self.job_names}
         self.log = log.bind(pool_id=self.pool_id)
+        # "job succeeded" is a debug line: decided once, so that at info level a job pays
+        # nothing for it (configure logging before building the worker to change it)
+        enabled = getattr(self.log, "is_enabled_for", None)
+        self.log_success = enabled(logging.DEBUG) if enabled is not None else True
         # counters ride the next fetch call: outcomes are counted by the script itself,
         # the duration histogram and Redis errors are summed here (see lua/fetch.lua)
         self.metrics = metrics
@@ -189,6 +221,21 @@ class Worker:
         self.jobs_done = 0
         self.needs_recovery = False
         self.outage = OutageWait(self.log)
+        # The watchdog thread and the main thread share the buffer: a job is started by
+        # popleft() and released by pop(), each atomic, so every fetched job goes to exactly
+        # one of them. Fetches (main) and releases (watchdog) are serialized by _fetch_lock,
+        # so a released job is never fetched back into this buffer while a stale copy of it
+        # is about to be released (which would run it twice).
+        self._fetch_lock = threading.RLock()
+        self._running_since = 0.0  # perf_counter() at the start of the running job, 0: none
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_parked = False
+        self._watchdog_wake = threading.Event()
+        self._watchdog_stop = threading.Event()
+        # the signal mask jobs start with, restored between jobs (main thread only: a worker
+        # built in another thread runs its jobs there, and leaves masks alone)
+        on_main = threading.current_thread() is threading.main_thread()
+        self._sigmask: set[int | signal.Signals] | None = _sigmask() if on_main else None
 
     # --- public loop API ----------------------------------------------------------------------
     def announce(self) -> None:
@@ -199,9 +246,9 @@ class Worker:
 
     def run_one(self) -> bool:
         """Fetch and run one job, then acknowledge it; False when no job could be fetched."""
-        if not self.buffer and not self._refill(limit=1):
-            return False
-        self._process_next()
+        while not self._process_next():  # the buffer is empty, or a watchdog emptied it
+            if not self._refill(limit=1):
+                return False
         self.flush()
         return True
 
@@ -259,6 +306,7 @@ class Worker:
 
     def close(self) -> None:
         """Acknowledge finished jobs and return unstarted ones to the front of their queues."""
+        self._stop_watchdog()
         try:
             self._give_back()
         except RedisUnavailable as err:
@@ -270,9 +318,12 @@ class Worker:
 
     # --- fetching -------------------------------------------------------------------------------
     def _refill(self, limit: int | None = None) -> bool:
-        if self.needs_recovery:
-            self._recover()
-        fetched = self._call_fetch(min(self.batch_size, limit or self.batch_size))
+        with self._fetch_lock:
+            if self.needs_recovery:
+                self._recover()
+            fetched = self._call_fetch(min(self.batch_size, limit or self.batch_size))
+        if fetched > 1 and self._watchdog is None:
+            self._start_watchdog()
         return fetched > 0
 
     def _call_fetch(self, want: int) -> int:
@@ -280,11 +331,13 @@ class Worker:
         if self.histogram:
             self._drain_histogram()
         try:
-            queue, jobs = self.store.fetch(
-                self.pool_id, self.sampler.sample(), self.group_keys, want, acks,
-                now=int(self.clock()), count=self.metrics, statuses=self.statuses,
-                status_ttl=self.status_ttl, increments=self.increments,
-            )
+            with self._fetch_lock:
+                queue, jobs = self.store.fetch(
+                    self.pool_id, self.sampler.sample(), self.group_keys, want, acks,
+                    max_payload_bytes=self.max_payload_bytes, max_batch_bytes=self.max_batch_bytes,
+                    now=int(self.clock()), count=self.metrics, statuses=self.statuses,
+                    status_ttl=self.status_ttl, increments=self.increments,
+                )
         except RedisUnavailable:
             # The call may or may not have run in Redis. Acks are safe to resend (an entry
             # already removed is not released twice); jobs it may have fetched are found in
@@ -323,20 +376,29 @@ class Worker:
         self.store.wait_for_work(timeout)
 
     # --- running one job ---------------------------------------------------------------------
-    def _process_next(self) -> None:
-        queue, raw = self.buffer.popleft()
-        started = time.perf_counter()
+    def _process_next(self) -> bool:
+        """Run the next buffered job; False when there was none (a watchdog may take them)."""
         try:
-            ack = self._execute(queue, raw)
+            queue, raw = self.buffer.popleft()
+        except IndexError:
+            return False
+        started = self._running_since = self.timer()
+        if self._watchdog_parked and self.buffer:
+            self._watchdog_parked = False  # one wake-up, not one per job until it runs
+            self._watchdog_wake.set()
+        try:
+            ack = self._execute(queue, raw, started)
         except self.requeue_exceptions:
             # Interrupted (fast stop): this job did not fail; it goes back to the front of
             # its queue with the rest of the batch.
             self.buffer.appendleft((queue, raw))
             self.stop_requested = True
             raise
+        finally:
+            self._running_since = 0.0
         self.acks.append(ack)
         self.jobs_done += 1
-        seconds = time.perf_counter() - started
+        seconds = self.timer() - started
         if self.metrics:
             counts = self.histogram.get(queue)
             if counts is None:
@@ -348,6 +410,9 @@ class Worker:
                 counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
             counts[-1] += seconds
         self._adapt_batch(seconds)
+        if seconds > SIGMASK_CHECK_AFTER or not self.buffer:
+            self._restore_sigmask()
+        return True
 
     def _count(self, field: str, n: int = 1) -> None:
         self.increments[field] = self.increments.get(field, 0) + n
@@ -369,15 +434,17 @@ class Worker:
             fit = int(self.batch_seconds / max(self.avg_job_seconds, 1e-6))
             self.batch_size = max(1, min(self.max_batch, fit, self.batch_size * 2))
 
-    def _execute(self, queue: str, raw: bytes) -> Ack:
+    def _execute(self, queue: str, raw: bytes, started: float) -> Ack:
         now = int(self.clock())
         try:
             job = Job.from_json(raw)
-        except MalformedJob as err:
+            if job.unique:
+                job = self._take_unique(job, raw)
+            job_type = self.app.job_types.get(job.name)
+        except self._passthrough:
+            raise
+        except Exception as err:  # nothing read from Redis may kill this process
             return self._malformed(queue, raw, err, now)
-        if job.unique:
-            job = self._take_unique(job, raw)
-        job_type = self.app.job_types.get(job.name)
         if job_type is None:
             # release exactly what the fetch took: the lock of the queue it came from
             return self._dead(queue, raw, job, STRAY_JOB_ERROR, now)
@@ -387,6 +454,9 @@ class Worker:
         with self.observer.observe(job, job_type):
             error = self._run(job, job_type)
         if error is None:
+            if self.log_success:
+                self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
+                               duration=round(self.timer() - started, 6))
             return Ack(queue, raw, "s")
         return self._failed(queue, raw, job, job_type, error, int(self.clock()))
 
@@ -399,6 +469,9 @@ class Worker:
             error = self._run(job, job_type)
         duration = time.perf_counter() - started
         if error is None:
+            if self.log_success:
+                self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
+                               duration=round(duration, 6))
             ack = Ack(queue, raw, "s")
         else:
             ack = self._failed(queue, raw, job, job_type, error, int(self.clock()))
@@ -460,30 +533,136 @@ class Worker:
         job.err = str(error) or type(error).__name__
         job.failed_at = now
         log_ = self.log.bind(job_id=job.id, job_name=job.name, fails=job.fails)
+        try:
+            payload = job.to_json()
+        except InvalidJobArguments as err:
+            # decoded, yet its arguments cannot be written back (e.g. nested deeper than the
+            # encoder goes): keep it, undamaged, in dead rather than lose it or crash
+            log_.warning("job failed", error=job.err)
+            return self._malformed(queue, raw, err, now, f"job failed ({job.err}) and ")
         if job_type.max_fails - job.fails > 0:
             backoff = job_type.backoff(job) if job_type.backoff else default_backoff(job)
             log_.warning("job failed; will retry", error=job.err, retry_in=backoff)
-            return Ack(queue, raw, "r", now + int(backoff), job.to_json())
+            return Ack(queue, raw, "r", now + int(backoff), payload)
         if job_type.skip_dead:
             log_.warning("job failed; dropped (skip_dead)", error=job.err)
             return Ack(queue, raw, "x")
         log_.warning("job failed; moved to dead", error=job.err)
-        return Ack(queue, raw, "d", now, job.to_json())
+        return Ack(queue, raw, "d", now, payload)
 
     def _dead(self, queue: str, raw: bytes, job: Job, error: str, now: int) -> Ack:
         job.fails += 1
         job.err = error
         job.failed_at = now
+        try:
+            payload = job.to_json()
+        except InvalidJobArguments as err:  # a stray job whose args cannot be re-encoded
+            return self._malformed(queue, raw, err, now, f"{error}; ")
         self.log.warning("job moved to dead", job_id=job.id, job_name=job.name, error=error)
-        return Ack(queue, raw, "d", now, job.to_json())
+        return Ack(queue, raw, "d", now, payload)
 
-    def _malformed(self, queue: str, raw: bytes, err: MalformedJob, now: int) -> Ack:
+    def _malformed(self, queue: str, raw: bytes, err: Exception, now: int, context: str = "") -> Ack:
         """An undecodable payload goes to dead wrapped in a valid job, so every client can
         page, delete or inspect it (gocraft leaves it stuck in progress, W3)."""
+        if isinstance(err, PreforkWorkError):
+            error = context + str(err)
+        else:  # an unexpected failure: its type and a bounded excerpt, never the payload
+            error = f"{context}malformed job: {type(err).__name__}: {truncate(str(err))}"
         text = raw.decode("utf-8", errors="replace")
-        wrapper = Job(name=queue, id=make_identifier(), t=now, args={"malformed_payload": text})
-        self.log.warning("malformed job moved to dead", queue=queue, error=str(err))
-        return self._dead(queue, raw, wrapper, str(err), now)
+        wrapper = Job(name=queue, id=make_identifier(), t=now, args={"malformed_payload": text},
+                      fails=1, err=error, failed_at=now)
+        self.log.warning("malformed job moved to dead", queue=queue, job_id=wrapper.id,
+                         error=error)
+        return Ack(queue, raw, "d", now, wrapper.to_json())
+
+
+    # --- between jobs: the signal mask ------------------------------------------------------
+    def _restore_sigmask(self) -> None:
+        """Undo a job's change of the main thread's signal mask (a job that blocked SIGUSR2
+        would leave the next jobs deaf to the hard-timeout signal).
+
+        One syscall; done after any job that ran long enough for it to be noise, and before
+        a fetch, so a run of microsecond jobs does not pay it per job.
+        """
+        if self._sigmask is None or threading.current_thread() is not threading.main_thread():
+            return
+        if _sigmask() != self._sigmask:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._sigmask)
+
+    # --- the watchdog: releasing a batch held behind a slow job ----------------------------------
+    def _start_watchdog(self) -> None:
+        self._watchdog_stop = stop = threading.Event()
+        self._watchdog_wake = wake = threading.Event()
+        thread = threading.Thread(target=self._watch, args=(stop, wake),
+                                  name="prefork-work-watchdog", daemon=True)
+        # Process-directed signals (SIGALRM of soft timeouts, the master's INT/QUIT and hard
+        # timeout) must reach the main thread, which runs the job and may be blocked in a
+        # syscall that only a signal of its own interrupts: the watchdog is born with every
+        # signal blocked (a thread inherits its creator's mask).
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals()) if main else None
+        try:
+            thread.start()
+        finally:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._watchdog = thread
+
+    def _stop_watchdog(self) -> None:
+        thread, self._watchdog = self._watchdog, None
+        if thread is not None:
+            self._watchdog_stop.set()
+            self._watchdog_wake.set()
+            thread.join(5)  # a release in flight finishes under the fetch lock anyway
+
+    def _watch(self, stop: threading.Event, wake: threading.Event) -> None:
+        """While unstarted jobs wait behind a running one, wake at most every release_after
+        seconds; park when the buffer is empty (no wake-ups while idle or unbatched)."""
+        limit = self.release_after
+        while not stop.is_set():
+            if not self.buffer:
+                # announce parking before the last look: the main thread fills the buffer
+                # before it looks at _watchdog_parked, so one of the two sees the other
+                self._watchdog_parked = True
+                if not self.buffer:
+                    wake.wait()
+                wake.clear()
+                self._watchdog_parked = False
+                continue
+            since = self._running_since
+            waited = self.timer() - since if since else 0.0
+            if since and waited >= limit:
+                self._release_unstarted(since)  # afterwards the buffer is empty: park
+            else:
+                stop.wait(limit - waited)
+
+    def _release_unstarted(self, since: float) -> None:
+        with self._fetch_lock:
+            if self._running_since != since:
+                return  # that job ended in the meantime
+            taken: list[tuple[str, bytes]] = []
+            while True:
+                try:
+                    taken.append(self.buffer.pop())  # last first: RPUSH restores the order
+                except IndexError:
+                    break
+            if not taken:
+                return
+            try:
+                self.store.fetch(self.pool_id, self.job_names, self.group_keys, 0,
+                                 [Ack(queue, raw, "q") for queue, raw in taken])
+            except Exception as err:  # noqa: BLE001 - never let this thread die silently
+                # Maybe released, maybe not: they are in our in-progress lists or back in
+                # their queues; the main thread's recovery settles which before its next fetch.
+                self.needs_recovery = True
+                self.log.warning("could not release jobs held behind a slow job",
+                                 jobs=len(taken), error=str(err))
+                return
+        self.log.debug("released jobs held behind a slow job", jobs=len(taken))
+
+
+def _sigmask() -> set[int | signal.Signals]:
+    return signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
 
 class _Run:

@@ -24,6 +24,11 @@ _SEQ = struct.Struct("<Q")
 _STAMP = struct.Struct("<Qd")  # seq, monotonic time
 _TIME = struct.Struct("<d")
 _LIVENESS_SIZE = 64
+# offsets of the header fields written on their own (note, end), derived from its layout
+_HEADER_FIELDS = ("seq", "busy", "started_at", "started_mono", "deadline", "done", "label_len",
+                  "extra_len")
+_OFFSET = {name: struct.calcsize(_HEADER.format[: i + 1]) for i, name in enumerate(_HEADER_FIELDS)}
+_BUSY_AT, _DONE_AT, _EXTRA_LEN_AT = _OFFSET["busy"], _OFFSET["done"], _OFFSET["extra_len"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,7 @@ class Slot:
         self.seq += 1
         _SEQ.pack_into(memory, base, self.seq)
         memory[base + _EXTRA_AT : base + _EXTRA_AT + len(extra)] = extra
-        struct.pack_into("<I", memory, base + 52, len(extra))
+        struct.pack_into("<I", memory, base + _EXTRA_LEN_AT, len(extra))
         self.seq += 1
         _SEQ.pack_into(memory, base, self.seq)
 
@@ -95,8 +100,8 @@ class Slot:
         self.done += 1
         self.seq += 1
         _SEQ.pack_into(memory, base, self.seq)
-        struct.pack_into("<Q", memory, base + 8, 0)
-        struct.pack_into("<Q", memory, base + 40, self.done)
+        struct.pack_into("<Q", memory, base + _BUSY_AT, 0)
+        struct.pack_into("<Q", memory, base + _DONE_AT, self.done)
         self.seq += 1
         _SEQ.pack_into(memory, base, self.seq)
 

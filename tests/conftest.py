@@ -7,12 +7,16 @@ tests may flush it, stop it and restart it. The Redis on 127.0.0.1:6379 is never
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
+import structlog
 
 from prefork_work.connection import redis_from_url
 from prefork_work.embedded import EmbeddedRedis
@@ -29,6 +33,16 @@ class RedisServer(EmbeddedRedis):
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that configures logging in-process (configure_logging) leaves no trace: the
+    next test sees the configuration it would have seen alone (a worker decides at birth
+    whether to write its debug lines)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +112,80 @@ def read_records(path: Path) -> list[dict]:
                 except json.JSONDecodeError:
                     start = line.rfind("{", 0, start)
     return records
+
+
+class Master:
+    """A prefork master a test started as a subprocess: its live children, signals, stop.
+
+    The one harness of the server tests and the toy-supervisor tests. ``stop()`` asks
+    politely (SIGTERM) and SIGKILLs only what is still there after a bounded wait; what it
+    had to kill is kept in ``killed``, and ``stop_all`` fails the test for it: a clean stop
+    is part of what every test checks.
+    """
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def __init__(self) -> None:
+        self.killed: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def children(self) -> list[psutil.Process]:
+        """The master's children that are alive (not zombies) right now."""
+        if self.process is None:
+            return []
+        try:
+            candidates = psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        alive = []
+        for child in candidates:  # one child dying while we look must not hide the others
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return alive
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 20) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; kill (and record in ``killed``) whatever outlives ``timeout``."""
+        if self.process is None:
+            return None
+        children = self.children()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.killed.append(f"master {self.process.pid}")
+                self.process.kill()
+                self.process.wait(5)
+        _gone, alive = psutil.wait_procs(children, timeout=2.0)
+        for child in alive:
+            self.killed.append(f"child {child.pid}")
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                continue
+        return self.process.returncode
+
+
+def stop_all(masters: Iterable[Master]) -> None:
+    """Fixture teardown: stop every master; fail the test if one had to be killed."""
+    killed = []
+    for master in masters:
+        master.stop()
+        killed += master.killed
+    if killed:
+        pytest.fail(f"teardown had to SIGKILL leftover processes: {', '.join(killed)}")

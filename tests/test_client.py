@@ -293,3 +293,16 @@ def test_pause_unpause_and_max_concurrency(r) -> None:
         client.set_max_concurrency("wat", -1)
     with pytest.raises(ValueError, match="':'"):
         client.pause("bad:name")
+
+
+def test_retry_dead_job_changes_only_the_failure_fields(r) -> None:
+    # the requeued bytes are the dead job's own with t, fails, err and failed_at changed:
+    # unique, unique_key and fields we do not know (a newer Go's) survive the round trip
+    head = b'{"name":"wat","id":"a1b2c3","t":%d,"args":{"f":0.1,"x":1},"unique":true,"unique_key":"{\\"x\\":1}"'
+    tail = b',"extra":{"k":[1,2]},"zz":null}'
+    dead = head % NOW + b',"fails":4,"err":"boom","failed_at":%d' % (NOW + 9) + tail
+    r.sadd(K.known_jobs(), "wat")
+    r.zadd(K.dead(), {dead: NOW + 9})
+    Client(NS, r, clock=lambda: NOW + 50).retry_dead_job(NOW + 9, "a1b2c3")
+    assert r.lrange(K.jobs("wat"), 0, -1) == [head % (NOW + 50) + tail]
+    assert r.zcard(K.dead()) == 0

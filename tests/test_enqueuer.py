@@ -296,3 +296,20 @@ def test_fork_while_another_thread_enqueues_does_not_deadlock_the_child(r) -> No
         stop.set()
         thread.join(10)
     assert r.llen(K.jobs("forked")) == 5
+
+
+@pytest.mark.parametrize("variant", ["enqueue_unique", "enqueue_unique_in", "enqueue_unique_by_key",
+                                     "enqueue_unique_in_by_key"])
+def test_unique_lock_lives_24_hours_from_the_first_enqueue(r, variant: str) -> None:
+    # one enqueue, no duplicate after it (a duplicate's SET also sets the TTL and would
+    # hide a lock first written without one)
+    enqueuer = Enqueuer(NS, r)
+    args: list[object] = ["wat"]
+    if "_in" in variant:
+        args.append(30)
+    args.append({"a": 1})
+    if variant.endswith("by_key"):
+        args.append({"k": "v"})
+    assert getattr(enqueuer, variant)(*args) is not None
+    (lock,) = r.keys(f"{NS}:unique:*")
+    assert 86390 < r.ttl(lock) <= 86400

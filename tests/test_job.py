@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from typing import Any
 
@@ -162,6 +163,12 @@ def test_go_encoding_rules() -> None:
     )
     assert args_bytes({"s": "a\u2028b\u2029c"}) == b'{"s":"a\\u2028b\\u2029c"}'
     assert args_bytes({"s": "\b\f\\b"}) == b'{"s":"\\u0008\\u000c\\\\b"}'  # Go 1.19
+    # a form feed alone (no backspace to force the slow path), in a value and in a key, on
+    # the C path (no float) and on the exact path (a float beside it)
+    assert args_bytes({"s": "a\fb"}) == b'{"s":"a\\u000cb"}'
+    assert args_bytes({"s": "a\fb", "f": 1.5}) == b'{"f":1.5,"s":"a\\u000cb"}'
+    assert args_bytes({"k\f": 1}) == b'{"k\\u000c":1}'
+    assert args_bytes({"k\f": 1.5}) == b'{"k\\u000c":1.5}'
     assert args_bytes({"s": "é/😀"}) == '{"s":"é/😀"}'.encode()
     assert args_bytes({"i": 1, "f": 1.0, "g": 1.5, "big": 1e21, "small": 1e-7, "z": -0.0}) == (
         b'{"big":1e+21,"f":1,"g":1.5,"i":1,"small":1e-7,"z":-0}'
@@ -289,3 +296,97 @@ def test_a_field_spelled_twice_keeps_the_last_as_go_does(raw: bytes, t: int) -> 
     # Go matches names case-insensitively and every later key overwrites the field
     job = Job.from_json(raw)
     assert job.t == t and job.id == "a" and job.extra == {}
+
+
+# --- hostile payloads (issue 7 item 1, issue 12 item 4) ---------------------------------------
+def deep(levels: int, opening: bytes = b"[", closing: bytes = b"]") -> bytes:
+    return b'{"name":"wat","id":"x","t":1,"args":{"a":' + opening * levels + closing * levels + b"}}"
+
+
+@pytest.mark.parametrize("raw", [
+    deep(1_000), deep(5_000), deep(100_000), deep(3_000, b'{"a":', b"}"),
+    b"[" * 100_000, b'{"name":"wat","args":{"a":' + b"[" * 100_000,  # and truncated
+    deep(1_000).replace(b'"a":', b'"\\ud800":', 1),  # deep and a lone surrogate: recursive fix-up
+])
+def test_deep_nesting_is_a_malformed_job_not_a_recursion_error(raw: bytes) -> None:
+    with pytest.raises(MalformedJob) as caught:
+        Job.from_json(raw)
+    assert caught.value.raw == raw
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b'{"name":"wat","t":1e999}', "out of range"),
+    (b'{"name":"wat","args":{"x":-1e400}}', "out of range"),
+    (b'{"name":"wat","args":{"x":' + b"9" * 400 + b"}}", "out of range"),
+    (b'{"name":"wat","args":{"x":' + b"9" * 5000 + b"}}", "invalid JSON"),
+    (b'{"name":"wat","t":' + b"1" * 20 + b"}", "must be an integer"),
+])
+def test_numbers_go_cannot_decode_are_malformed(raw: bytes, reason: str) -> None:
+    # Go decodes every number into a float64: these fail there, and here could not be
+    # written back (inf) or read by a Go client.
+    with pytest.raises(MalformedJob, match=reason):
+        Job.from_json(raw)
+
+
+def test_numbers_within_float64_range_still_decode() -> None:
+    big = 10**300
+    job = Job.from_json(b'{"name":"wat","id":"x","t":1,"args":{"x":%d,"y":1e300,"z":-0}}' % big)
+    assert job.args == {"x": big, "y": 1e300, "z": -0.0}
+
+
+def test_from_json_raises_only_malformed_job_on_random_input() -> None:
+    rng = random.Random(7)
+    valid = b'{"name":"wat","id":"abc","t":1700000000,"args":{"a":[1,2.5,"x",null,true]},"fails":1}'
+    for _ in range(3000):
+        kind = rng.randrange(5)
+        if kind == 4:
+            depth = rng.randrange(500, 5000)
+            raw = b'{"name":"wat","args":{"a":' + rng.choice([b"[", b'{"a":']) * depth
+            raw += b"]" * rng.randrange(depth + 1)
+        elif kind == 0:
+            raw = rng.randbytes(rng.randrange(64))
+        elif kind == 1:
+            raw = valid[: rng.randrange(len(valid))]
+        elif kind == 2:
+            mutated = bytearray(valid)
+            for _ in range(rng.randrange(1, 4)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            raw = bytes(mutated)
+        else:
+            raw = valid.replace(b"1700000000", rng.choice(
+                [b"1e999", b'"1"', b"[]", b"{}", b"1.5", b"-1", b"9" * 400, b"true"]))
+        try:
+            Job.from_json(raw)
+        except MalformedJob:
+            pass
+
+
+@pytest.mark.parametrize("field", ["name", "id", "t", "args", "unique", "fails", "err"])
+def test_malformed_job_errors_show_type_and_a_bounded_excerpt(field: str) -> None:
+    secret = "4111-1111-1111-1111 " * 500  # personal data, and a very long line
+    raw = json.dumps({"name": "wat", "id": "x", "t": 1, field: [secret] if field != "t" else secret})
+    with pytest.raises(MalformedJob) as caught:
+        Job.from_json(raw.encode())
+    message = str(caught.value)
+    assert len(message) < 160, message
+    assert message.count("4111") <= 4
+    assert "list" in message or "str" in message
+
+
+def test_arg_errors_show_a_bounded_excerpt() -> None:
+    job = Job(name="wat", id="x", t=1, args={"n": "x" * 10_000})
+    job.arg_int64("n")
+    assert job.arg_error is not None and len(str(job.arg_error)) < 160
+
+
+def test_encoding_failures_are_invalid_job_arguments() -> None:
+    nested: dict[str, Any] = {}
+    for _ in range(5_000):
+        nested = {"a": nested}
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    for args in ({"a": nested}, {"a": cycle}, {"a": float("inf")}, {1: 2}, {"a": object()},
+                 {"k" * 1000: {2: "v"}}):
+        with pytest.raises(InvalidJobArguments) as caught:
+            Job(name="wat", id="x", t=1, args=args).to_json()  # type: ignore[arg-type]
+        assert len(str(caught.value)) < 200

@@ -91,3 +91,12 @@ def test_in_progress_pattern_escapes_glob_characters(r) -> None:
     r.lpush("{appX}:jobs:a:p2:inprogress", "x")
     found = {k.decode() for k in r.scan_iter(match=keys.in_progress_pattern())}
     assert found == {keys.in_progress("a", "p1")}
+
+
+def test_in_progress_pattern_of_one_pool(r) -> None:
+    keys = Keys("{app*}")
+    for name, pool in (("a", "p1"), ("b:c", "p1"), ("a", "p2"), ("a", "xp1")):
+        r.lpush(keys.in_progress(name, pool), "x")
+    found = {k.decode() for k in r.scan_iter(match=keys.in_progress_pattern("p1"))}
+    assert found == {keys.in_progress("a", "p1"), keys.in_progress("b:c", "p1")}
+    assert keys.in_progress_pattern("p1") == "{app\\*}:jobs:*:p1:inprogress"

@@ -13,7 +13,7 @@ from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.keys import Keys
 from prefork_work.loops.heartbeater import Heartbeater, PoolInfo
-from prefork_work.loops.periodic import PeriodicEnqueuer
+from prefork_work.loops.periodic import HORIZON_SECONDS, PeriodicEnqueuer, should_enqueue
 from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
 from prefork_work.store.pools import PoolStore
@@ -144,10 +144,14 @@ def test_reclaim_pool_at_once_and_local_orphans(r) -> None:
     r.hset(K.heartbeat("orphan"), mapping={"host": "here", "pid": 999999})
     make_pool(r, "alive", NOW, "a", {"a": [job_bytes("a", "4")]})
     r.hset(K.heartbeat("alive"), mapping={"host": "here", "pid": 1})
+    # another host's pool with a pid that is dead *here*: its own host judges it, not us
+    make_pool(r, "elsewhere", NOW, "a", {"a": [job_bytes("a", "5")]})
+    r.hset(K.heartbeat("elsewhere"), mapping={"host": "there", "pid": 999999})
     moved = reaper.reap_local_orphans("here", NOW, pid_alive=lambda pid: pid == 1)
     assert moved == 1
     assert r.llen(K.jobs("a")) == 3
     assert r.llen(K.in_progress("a", "alive")) == 1
+    assert r.llen(K.in_progress("a", "elsewhere")) == 1 and r.exists(K.heartbeat("elsewhere"))
 
 
 def test_record_crash_until_poison_job_is_dead(r) -> None:
@@ -202,6 +206,20 @@ def test_requeuer_moves_due_jobs_whatever_their_name(r) -> None:
     assert abs(Job.from_json(r.lindex(K.jobs("foo"), 0)).t - now) <= 2
 
 
+def test_two_requeuers_racing_on_one_member_queue_it_once(r) -> None:
+    # both read the due member; the second's ZREM removes nothing, so it must write nothing
+    # (and a member sent to dead likewise)
+    member, garbage = job_bytes("wat", "1"), b"garbage"
+    r.zadd(K.retry(), {member: NOW - 1, garbage: NOW - 1})
+    moves = [(member, job_bytes("wat", "1"), K.jobs("wat")), (garbage, b"dead bytes", K.dead())]
+    first, second = store(r), store(r)
+    assert first.move_due(K.retry(), NOW, moves) == 1
+    assert second.move_due(K.retry(), NOW, moves) == 0
+    assert r.lrange(K.jobs("wat"), 0, -1) == [job_bytes("wat", "1")]
+    assert r.zrange(K.dead(), 0, -1) == [b"dead bytes"]
+    assert r.llen(K.wake()) == 1
+
+
 def test_requeuer_keeps_unknown_names_and_exact_bytes(r) -> None:
     # gocraft moves a due job whose name the pool does not register to dead (W10), and
     # its cjson round trip rounds big numbers and turns [] into {} (W26). Ours does neither.
@@ -223,6 +241,41 @@ def test_requeuer_sends_undecodable_members_to_dead(r) -> None:
     dead = Job.from_json(member)
     assert dead.err.startswith("malformed job") and dead.args == {"malformed_payload": "garbage"}
     assert r.zcard(K.scheduled()) == 0
+
+
+def test_requeuer_moves_a_bad_member_to_dead_and_the_rest_of_its_batch_on(r) -> None:
+    # a member nested past the recursion limit aborted the whole batch every second: no
+    # scheduled, retry or periodic job due after it ever ran (issue 7 item 1)
+    deep = b'{"name":"ok","id":"d","t":1,"args":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    deep_args = b'{"name":"ok","id":"e","t":1,"args":{"a":' + b"[" * 700 + b"]" * 700 + b"}}"
+    for zset in (K.scheduled(), K.retry()):
+        r.zadd(zset, {deep: NOW - 5, deep_args: NOW - 4, b"\xff\xfe": NOW - 3,
+                      job_bytes("ok", zset): NOW - 1})
+    assert Requeuer(store(r)).tick(NOW) == 2
+    assert sorted(Job.from_json(m).id for m in r.lrange(K.jobs("ok"), 0, -1)) == sorted(
+        [K.scheduled(), K.retry()])
+    dead = [Job.from_json(m) for m in r.zrange(K.dead(), 0, -1)]
+    assert len(dead) == 6 and all(d.err.startswith("malformed job") for d in dead)
+    assert all(len(d.err) < 120 for d in dead)
+    assert sum("nested too deeply" in d.err for d in dead) == 4
+    assert r.zcard(K.scheduled()) == 0 and r.zcard(K.retry()) == 0
+
+
+def test_requeuer_sends_a_name_that_makes_another_key_to_dead(r) -> None:
+    # "hello:lock" makes <p>jobs:hello:lock, the lock of "hello": the script's LPUSH failed
+    # with WRONGTYPE after its ZREM, and the job was gone (issue 12 item 4)
+    r.set(K.lock("hello"), 1)
+    r.hset(K.jobs("hello") + ":lock_info", "p", 1)
+    bad = [job_bytes("hello:lock", "1"), job_bytes("hello:lock_info", "2")]
+    for zset in (K.scheduled(), K.retry()):
+        r.zadd(zset, {bad[0]: NOW - 3, bad[1]: NOW - 2, job_bytes("ok", zset): NOW - 1})
+    assert Requeuer(store(r)).tick(NOW) == 2
+    assert r.llen(K.jobs("ok")) == 2
+    assert r.get(K.lock("hello")) == b"1"
+    dead = [Job.from_json(m) for m in r.zrange(K.dead(), 0, -1)]
+    assert sorted(d.args["malformed_payload"].encode() for d in dead) == sorted(bad * 2)
+    assert all("holds another type" in d.err for d in dead)
+    assert r.zcard(K.scheduled()) == 0 and r.zcard(K.retry()) == 0
 
 
 def test_requeuer_handles_more_than_a_batch(r) -> None:
@@ -253,12 +306,12 @@ def test_periodic_go_vector_and_second_run(r, monkeypatch) -> None:
             1468359472.0) in members
     assert r.get(K.last_periodic_enqueue()) == str(now).encode()
     assert pe.tick(now + 1) == 0  # not due: last run 1 s ago
-    assert not cron.should_enqueue(r.get(K.last_periodic_enqueue()), now + 1)
-    assert cron.should_enqueue(r.get(K.last_periodic_enqueue()), now + 12)
+    assert not should_enqueue(r.get(K.last_periodic_enqueue()), now + 1)
+    assert should_enqueue(r.get(K.last_periodic_enqueue()), now + 12)
     pe.tick(now + 12)
     assert r.zcard(K.scheduled()) == 20 + len(
-        [t for t in cron.slots(pe.jobs[0][2], now + 12) if t >= now + 240]
-        + [t for t in cron.slots(pe.jobs[1][2], now + 12) if t >= now + 240])
+        [t for t in cron.slots(pe.jobs[0][2], now + 12, HORIZON_SECONDS) if t >= now + 240]
+        + [t for t in cron.slots(pe.jobs[1][2], now + 12, HORIZON_SECONDS) if t >= now + 240])
 
 
 def test_periodic_runs_from_vectors(r, vectors, monkeypatch) -> None:
@@ -298,3 +351,27 @@ def test_enqueuer_scheduled_job_reaches_a_worker_via_requeuer(r) -> None:
     Requeuer(store(r)).tick(time.time())
     Worker(app, r, NS, idle_waits=(0.01,)).drain()
     assert ran == [{"x": 1}]
+
+
+def test_scripts_take_the_wake_cap_from_the_store(r, monkeypatch) -> None:
+    # the cap is an argument of every script that wakes workers, not a number in the Lua
+    import prefork_work.store.base as base_module
+    import prefork_work.store.pools as pools_module
+    import prefork_work.store.queue as queue_module
+
+    for module in (base_module, pools_module, queue_module):
+        monkeypatch.setattr(module, "WAKE_TOKENS_MAX", 5)
+    make_pool(r, "gone", NOW, "a", {"a": [job_bytes("a", str(i)) for i in range(9)]})
+    assert store(r).reclaim_pool("gone", ["a"]) == 9
+    assert r.llen(K.wake()) == 5
+    r.delete(K.wake())
+    r.zadd(K.scheduled(), {job_bytes("a", f"s{i}"): NOW - 1 for i in range(9)})
+    assert Requeuer(store(r)).tick(NOW) == 9
+    assert r.llen(K.wake()) == 5
+    r.delete(K.wake())
+    from prefork_work.store.queue import QueueStore
+
+    queue = QueueStore(r, K)
+    for i in range(7):
+        assert queue.push_unique("a", K.unique("a", {"i": i}), job_bytes("a", f"u{i}"), b"1", None)
+    assert r.llen(K.wake()) == 5

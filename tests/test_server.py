@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import read_records, wait_until
+from conftest import Master, read_records, stop_all, wait_until
 
 from prefork_work.app import App
 from prefork_work.client import Client
@@ -71,6 +71,9 @@ APP = textwrap.dedent('''
             except (JobTimeout, HardTimeout):
                 pass  # a badly behaved job: only SIGKILL stops it
 
+    app.register("stuck_last", stuck, timeout=0.3, max_fails=1)  # its one try: dead
+    app.register("stuck_dropped", stuck, timeout=0.3, max_fails=1, skip_dead=True)
+
     @app.job("hog")
     def hog(job):
         global BALLAST
@@ -79,9 +82,10 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Server:
+class Server(Master):
     def __init__(self, tmp_path: Path, redis_url: str, redis_options: dict | None = None,
                  app_source: str = APP, **server_options: object) -> None:
+        super().__init__()
         self.dir = tmp_path
         self.evidence = tmp_path / "evidence.log"
         (tmp_path / "jobs_app.py").write_text(app_source)
@@ -109,43 +113,6 @@ class Server:
             wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def children(self) -> list[psutil.Process]:
-        try:
-            candidates = psutil.Process(self.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        alive = []
-        for child in candidates:  # one child dying while we look must not hide the others
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(child)
-            except psutil.NoSuchProcess:
-                continue
-        return alive
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait(self, timeout: float = 20) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                for child in self.children():
-                    child.kill()
-                self.process.kill()
-                self.process.wait(5)
-
     def busy_child(self, timeout: float = 10) -> psutil.Process:
         def find() -> psutil.Process | None:
             for child in self.children():
@@ -169,8 +136,7 @@ def server(tmp_path, redis_url, r):
         return srv
 
     yield make
-    for srv in servers:
-        srv.stop()
+    stop_all(servers)
 
 
 def enqueue(r, name: str, args: dict | None = None) -> Job:
@@ -208,7 +174,7 @@ def test_jobs_flow_and_heartbeats_are_go_readable(server, r) -> None:
     for pool in pools:
         beat = r.hgetall(K.heartbeat(pool.decode()))
         assert int(beat[b"heartbeat_at"]) > time.time() - 10
-        assert beat[b"job_names"] == b"hog,poison,record,sleep,stuck"
+        assert beat[b"job_names"] == b"hog,poison,record,sleep,stuck,stuck_dropped,stuck_last"
         assert beat[b"concurrency"] == b"1"
         assert int(beat[b"pid"]) in {c.pid for c in srv.children()}
         assert beat[b"host"] == socket.gethostname().encode()
@@ -259,7 +225,8 @@ def test_sigterm_lets_the_running_job_finish(server, r) -> None:
 
 
 def test_sigterm_past_shutdown_timeout_requeues_the_job(server, r) -> None:
-    srv = server(shutdown_timeout=1.0).start()
+    # max_crashes = 1: were the kill counted as the job's crash, the job would be dead
+    srv = server(shutdown_timeout=1.0, max_crashes=1).start()
     job = enqueue(r, "sleep", {"s": 30})
     srv.busy_child()
     started = time.monotonic()
@@ -268,7 +235,8 @@ def test_sigterm_past_shutdown_timeout_requeues_the_job(server, r) -> None:
     assert time.monotonic() - started < 8
     queued = [Job.from_json(raw) for raw in r.lrange(K.jobs("sleep"), 0, -1)]
     assert [j.id for j in queued] == [job.id]
-    assert queued[0].fails == 0  # a shutdown is not the job's failure
+    assert queued[0].fails == 0  # a shutdown is not the job's failure, nor its crash
+    assert not r.exists(K.crashes(job.id))
     (requeued,) = requeue_events(srv)
     assert (requeued["job_id"], requeued["job_name"], requeued["cause"]) == (job.id, "sleep", "shutdown timeout")
     assert r.zcard(K.retry()) == 0 and r.zcard(K.dead()) == 0
@@ -347,9 +315,32 @@ def test_hard_timeout_kills_and_retries(server, r) -> None:
     wait_until(lambda: r.zcard(K.retry()) == 1, 15, message="the job in retry")
     retried = Job.from_json(r.zrange(K.retry(), 0, -1)[0])
     assert retried.id == job.id and retried.fails == 1
-    assert retried.err.startswith("hard timeout")
+    assert retried.err == "hard timeout after 0.8s"  # timeout 0.3 s + hard_timeout_grace
     wait_until(lambda: len(srv.children()) == 2, 10)
     assert r.get(K.lock("stuck")) == b"0"
+
+
+def test_hard_timeout_is_the_soft_one_plus_the_grace() -> None:
+    from prefork_work.server import hard_timeout_of
+
+    app = App()
+    assert hard_timeout_of(app.register("soft", print, timeout=0.3), 0.5) == pytest.approx(0.8)
+    assert hard_timeout_of(app.register("hard", print, timeout=0.3, hard_timeout=2.0), 0.5) == 2.0
+    assert hard_timeout_of(app.register("none", print), 0.5) is None
+
+
+def test_hard_timeout_kill_of_a_jobs_last_try_is_dead_or_dropped(server, r) -> None:
+    srv = server(hard_timeout_grace=0.5).start()
+    last, dropped = enqueue(r, "stuck_last"), enqueue(r, "stuck_dropped")
+    wait_until(lambda: r.zcard(K.dead()) == 1, 15, message="the job in dead")
+    (dead,) = [Job.from_json(raw) for raw in r.zrange(K.dead(), 0, -1)]
+    assert (dead.id, dead.fails, dead.err) == (last.id, 1, "hard timeout after 0.8s")
+    wait_until(lambda: r.get(K.lock("stuck_dropped")) == b"0" and len(srv.children()) == 2, 15,
+               message="the skip_dead job dropped")
+    started = {e["id"] for e in read_records(srv.evidence) if e.get("phase") == "start"}
+    assert started == {last.id, dropped.id}
+    assert r.zcard(K.retry()) == 0 and r.llen(K.jobs("stuck_dropped")) == 0
+    assert r.llen(K.jobs("stuck_last")) == 0
 
 
 def test_max_jobs_per_child_recycles(server, r) -> None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import logging
+import random
+import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+import structlog
+from conftest import wait_until
 
 from prefork_work.app import App
 from prefork_work.enqueuer import Enqueuer
@@ -119,6 +126,38 @@ def test_retry_with_custom_backoff_called_once(r) -> None:
     (_, score), = r.zrange(K.retry(), 0, -1, withscores=True)
     assert now < score <= now + 10
     assert calls == [1]
+
+
+class PinnedRandom:
+    """random.randrange pinned: the random part of gocraft's backoff is known exactly."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.ranges: list[int] = []
+
+    def randrange(self, stop: int) -> int:
+        self.ranges.append(stop)
+        return self.value
+
+    def shuffle(self, items: list) -> None:  # the priority sampler's, for one job name
+        pass
+
+
+def test_default_backoff_is_gocrafts_formula_exactly(r, monkeypatch) -> None:
+    # gocraft: fails^4 + 15 + rand.Int63n(30) * (fails + 1), fails already counting this one
+    import prefork_work.worker as worker_module
+
+    pinned = PinnedRandom(7)
+    monkeypatch.setattr(worker_module, "random", pinned)
+    app = App()
+    app.register("wat", lambda job: 1 / 0, max_fails=10)
+    Enqueuer(NS, r).enqueue("wat")
+    make_worker(r, app, clock=lambda: 1_700_000_000).run_one()
+    (_, score), = r.zrange(K.retry(), 0, -1, withscores=True)
+    assert score == 1_700_000_000 + 1 + 15 + 7 * 2
+    assert [worker_module.default_backoff(Job("wat", "x", 1, None, fails=f)) for f in (2, 3)] == [
+        16 + 15 + 7 * 3, 81 + 15 + 7 * 4]
+    assert pinned.ranges == [30, 30, 30]
 
 
 def test_dead_and_skip_dead(r) -> None:
@@ -353,14 +392,62 @@ def test_batches_grow_for_fast_jobs_and_everything_runs_once(r) -> None:
     app = App()
     app.register("fast", lambda job: counts.update([job.id]))
     jobs = Enqueuer(NS, r).enqueue_many([("fast", {"i": i}) for i in range(2000)])
-    worker = make_worker(r, app)
+    # A stopped clock: every job takes 0 s whatever the machine's load, so the batch
+    # doubles deterministically up to max_batch (a real clock made this flake under load:
+    # any job over batch_seconds resets the batch to 1).
+    worker = make_worker(r, app, observer=NullObserver(), timer=lambda: 1000.0)
+    worker.log_success = False
     r.config_resetstat()
     assert worker.drain() == 2000
     assert set(counts) == {j.id for j in jobs} and set(counts.values()) == {1}
     calls = r.info("commandstats")["cmdstat_evalsha"]["calls"]
-    assert calls < 200, calls  # batched: far fewer than one round trip per job
-    assert worker.batch_size > 1
+    assert calls < 40, calls  # 1+2+...+64, then 100 a call: far fewer than one per job
+    assert worker.batch_size == worker.max_batch
     assert_clean(r, worker, ["fast"])
+
+
+class NullObserver:
+    @contextlib.contextmanager
+    def observe(self, job: Job, job_type: object) -> Iterator[None]:
+        yield
+
+    def checkin(self, job: Job, message: str) -> None:
+        pass
+
+
+class StoppedTimer:
+    """A fake perf_counter that moves only when a job moves it: job time is exact."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_batch_drops_to_one_right_after_a_slow_job(r) -> None:
+    timer = StoppedTimer()
+    app = App()
+    app.register("job", lambda job: setattr(timer, "now", timer.now + job.args["s"]))
+    quick = [("job", {"s": 0.0})]
+    Enqueuer(NS, r).enqueue_many([*quick * 73, ("job", {"s": 0.5}), *quick * 60])
+    worker = make_worker(r, app, timer=timer, max_batch=64)
+    worker.avg_job_seconds = 0.0  # as after a long run of quick jobs: the batch just doubles
+
+    def step() -> None:
+        if not worker.buffer:
+            assert worker._refill()
+        assert worker._process_next()
+
+    for _ in range(63):  # batches of 1+2+4+8+16+32 quick jobs
+        step()
+    assert worker.batch_size == 64
+    for _ in range(10):  # ten quick jobs into the batch of 64
+        step()
+    step()  # the slow one, with the rest of its batch still buffered
+    assert worker.buffer
+    assert worker.batch_size == 1  # right away, not once the buffer runs dry
+    worker.close()
 
 
 def test_slow_jobs_are_fetched_one_at_a_time(r) -> None:
@@ -452,6 +539,28 @@ def test_recovers_jobs_fetched_by_a_lost_call(r) -> None:
     assert_clean_locks(r, worker, "wat")
 
 
+def test_recovery_leaves_the_jobs_the_worker_still_holds(r) -> None:
+    # a fetch reply lost while a batch is buffered and an ack pending: recovery requeues
+    # only what the worker does not hold, and every job runs exactly once
+    ran: collections.Counter[str] = collections.Counter()
+    app = App()
+    app.register("wat", lambda job: ran.update([job.id]))
+    jobs = Enqueuer(NS, r).enqueue_many([("wat", None)] * 4)
+    worker = make_worker(r, app, timer=lambda: 1000.0)  # a stopped clock: no watchdog release
+    worker.batch_size = 4
+    assert worker._refill() and len(worker.buffer) == 4
+    assert worker._process_next()  # one ran, its ack not yet sent; three still buffered
+    orphan = Job(name="wat", id="orphan", t=1, args=None).to_json()
+    r.lpush(K.in_progress("wat", worker.pool_id), orphan)  # the lost call's fetch
+    r.incr(K.lock("wat"))
+    r.hincrby(K.lock_info("wat"), worker.pool_id, 1)
+    worker.needs_recovery = True
+    worker._refill()  # recovers with the batch still buffered
+    worker.drain()
+    assert ran == {**{j.id: 1 for j in jobs}, "orphan": 1}
+    assert_clean_locks(r, worker, "wat")
+
+
 def test_redis_down_raises_and_loses_nothing(r, redis_server) -> None:
     app = App()
     app.register("wat", lambda job: None)
@@ -491,7 +600,11 @@ def test_registration_errors_name_the_job() -> None:
     assert app.register("wat", handler, max_fails=0).max_fails == 4  # gocraft: 0 -> default
 
 
-def test_priority_sampler_statistics() -> None:
+def test_priority_sampler_statistics(monkeypatch) -> None:
+    # a seeded generator: 2,000 draws of a fair sampler can still miss a bound by chance
+    import prefork_work.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "random", random.Random(20160712))
     sampler = PrioritySampler({"p5": 5, "p2": 2, "p1": 1})
     first: collections.Counter[str] = collections.Counter()
     last: collections.Counter[str] = collections.Counter()
@@ -536,3 +649,215 @@ def test_work_with_redis_down_stops_when_asked(r, redis_server) -> None:
         assert not thread.is_alive()
     finally:
         redis_server.start()
+
+
+# --- hostile payloads: nothing fetched may kill the worker (issue 7 item 1, issue 12 item 4) --
+def deep_job(levels: int, **fields: object) -> bytes:
+    head = json.dumps({"name": "wat", "id": "deep", "t": 1, **fields})[:-1]
+    return (head + ',"args":{"a":' + "[" * levels + "]" * levels + "}}").encode()
+
+
+def test_deeply_nested_payloads_go_dead_and_the_worker_goes_on(r) -> None:
+    app = App()
+    ran = []
+    app.register("wat", lambda job: ran.append(job.id))
+    payloads = [deep_job(5_000), deep_job(100_000), b'{"name":"wat","args":' + b"[" * 100_000]
+    for raw in payloads:
+        r.lpush(K.jobs("wat"), raw)
+    healthy = Enqueuer(NS, r).enqueue("wat")
+    worker = make_worker(r, app)
+    assert worker.drain() == 4
+    assert ran == [healthy.id]
+    dead = [Job.from_json(m) for m in r.zrange(K.dead(), 0, -1)]
+    assert sorted(d.args["malformed_payload"] for d in dead) == sorted(p.decode() for p in payloads)
+    assert all(d.err.startswith("malformed job: invalid JSON") and len(d.err) < 100 for d in dead)
+    assert_clean_locks(r, worker, "wat")
+
+
+def test_failed_job_whose_args_cannot_be_written_back_goes_dead_whole(r) -> None:
+    # decodes (the C decoder's frames are cheaper) but not re-encodable for retry: kept in
+    # dead with its bytes, instead of an exception out of the worker
+    app = App()
+    app.register("wat", lambda job: 1 / 0, max_fails=3)
+    raw = deep_job(700)
+    Job.from_json(raw)  # decodable
+    r.lpush(K.jobs("wat"), raw)
+    worker = make_worker(r, app)
+    assert worker.drain() == 1
+    (member,) = r.zrange(K.dead(), 0, -1)
+    dead = Job.from_json(member)
+    assert dead.args == {"malformed_payload": raw.decode()}
+    assert "division by zero" in dead.err and "nested too deeply" in dead.err
+    assert_clean_locks(r, worker, "wat")
+
+
+def test_failure_while_dispatching_a_payload_makes_it_malformed(r) -> None:
+    # a unique job whose lock key cannot be computed from its args
+    app = App()
+    ran = []
+    app.register("wat", lambda job: ran.append(job.id))
+    r.lpush(K.jobs("wat"), deep_job(700, unique=True))
+    worker = make_worker(r, app)
+    assert worker.drain() == 1
+    assert ran == []
+    (member,) = r.zrange(K.dead(), 0, -1)
+    assert "nested too deeply" in Job.from_json(member).err
+    assert_clean_locks(r, worker, "wat")
+
+
+def test_oversized_payload_goes_dead_without_reaching_the_worker(r) -> None:
+    app = App()
+    ran = []
+    app.register("wat", lambda job: ran.append(job.id))
+    enqueuer = Enqueuer(NS, r)
+    first = enqueuer.enqueue("wat", {"n": 1})
+    big = enqueuer.enqueue("wat", {"blob": "x" * 5000})
+    last = enqueuer.enqueue("wat", {"n": 2})
+    worker = make_worker(r, app, max_payload_bytes=1000)
+    worker.batch_size = 3
+    fetched: list[bytes] = []
+    real_fetch = worker.store.fetch
+
+    def spy(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        queue, jobs = real_fetch(*args, **kwargs)  # type: ignore[arg-type]
+        fetched.extend(jobs)
+        return queue, jobs
+
+    worker.store.fetch = spy  # type: ignore[method-assign]
+    assert worker.drain() == 2
+    assert ran == [first.id, last.id]
+    assert all(len(raw) < 1000 for raw in fetched)  # never handed to the worker
+    (member,) = r.zrange(K.dead(), 0, -1)
+    dead = Job.from_json(member)
+    assert dead.name == "wat" and dead.fails == 1 and dead.failed_at > 0
+    assert dead.err.startswith("malformed job: payload of ")
+    assert "over server.max_payload_bytes (1000)" in dead.err
+    assert Job.from_json(dead.args["malformed_payload"].encode()).id == big.id  # nothing lost
+    assert r.hget(K.metrics(), "dead:wat") == b"1"  # counted as any dead job
+    assert r.hget(K.metrics(), "processed:wat") == b"3"
+    assert_clean_locks(r, worker, "wat")
+
+
+def test_a_batch_stops_at_its_byte_cap(r) -> None:
+    app = App()
+    app.register("wat", lambda job: None)
+    Enqueuer(NS, r).enqueue_many([("wat", {"pad": "x" * 250})] * 10)
+    worker = make_worker(r, app, max_batch_bytes=1000)
+    worker.batch_size = 10
+    worker._refill()
+    assert len(worker.buffer) == 4  # ~300 bytes each: the 4th reaches the cap
+    assert sum(len(raw) for _, raw in worker.buffer) >= 1000
+    worker.close()
+    assert r.llen(K.jobs("wat")) == 10
+    assert_clean_locks(r, worker, "wat")
+
+
+# --- a slow job never holds its batch hostage (issue 7 item 3) -------------------------------
+def test_unstarted_batch_goes_back_to_the_front_once_the_running_job_is_slow(r) -> None:
+    app = App()
+    ran: list[object] = []
+    proceed = threading.Event()
+
+    @app.job("wat")
+    def wat(job: Job) -> None:
+        ran.append(job.args["i"])
+        if job.args["i"] == 0:
+            proceed.wait(10)
+
+    Enqueuer(NS, r).enqueue_many([("wat", {"i": i}) for i in range(5)])
+    Enqueuer(NS, r).enqueue("wat", {"i": "later"})
+    worker = make_worker(r, app, release_after=0.02)
+    worker.batch_size = 5
+    worker._refill()
+    assert len(worker.buffer) == 5
+    r.delete(K.wake())
+    runner = threading.Thread(target=worker._process_next)
+    runner.start()
+    try:
+        wait_until(lambda: r.llen(K.jobs("wat")) == 5, 5, message="the batch released")
+        assert r.llen(K.in_progress("wat", worker.pool_id)) == 1  # only the running job
+        assert r.get(K.lock("wat")) == b"1"
+        assert r.llen(K.wake()) > 0  # idle workers are woken for the released jobs
+    finally:
+        proceed.set()
+        runner.join(10)
+    assert ran == [0] and not worker.buffer  # the released jobs are not run here
+    worker.flush()
+    assert_clean_locks(r, worker, "wat")
+    other = make_worker(r, app)
+    assert other.drain() == 5
+    assert ran == [0, 1, 2, 3, 4, "later"]  # back at the front, in order
+    worker.close()
+
+
+def test_released_jobs_run_exactly_once_under_two_workers(r) -> None:
+    rng = random.Random(3)
+    app = App()
+    runs: collections.Counter[str] = collections.Counter()
+
+    @app.job("wat")
+    def wat(job: Job) -> None:
+        runs.update([job.id])
+        time.sleep(job.args["s"])
+
+    jobs = Enqueuer(NS, r).enqueue_many(
+        [("wat", {"s": rng.choice([0, 0, 0, 0.001, 0.01])}) for _ in range(300)])
+    workers = [make_worker(r, app, release_after=0.002, idle_waits=(0.005,)) for _ in range(2)]
+    threads = [threading.Thread(target=w.work, kwargs={"until": lambda: sum(runs.values()) >= 300})
+               for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert set(runs) == {j.id for j in jobs} and set(runs.values()) == {1}
+    for worker in workers:
+        assert_clean_locks(r, worker, "wat")
+    assert r.llen(K.jobs("wat")) == 0
+
+
+# --- between jobs (issue 7 items 8 and 9) ------------------------------------------------------
+@pytest.mark.parametrize("same_batch", [False, True])
+def test_a_job_changing_the_signal_mask_does_not_leak_into_the_next(r, same_batch: bool) -> None:
+    app = App()
+    masks: list[set[int]] = []
+
+    @app.job("wat")
+    def wat(job: Job) -> None:
+        if job.args["block"]:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+            time.sleep(0.002)  # a job, not a no-op: the check costs a syscall
+        masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        Enqueuer(NS, r).enqueue_many([("wat", {"block": True}), ("wat", {"block": False})])
+        worker = make_worker(r, app)
+        if same_batch:
+            worker.batch_size = 2
+        assert worker.drain() == 2
+        assert signal.SIGUSR2 in masks[0]
+        assert signal.SIGUSR2 not in masks[1]
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_success_is_logged_at_debug_with_its_duration(r) -> None:
+    app = App()
+    app.register("wat", lambda job: time.sleep(0.01))
+    job = Enqueuer(NS, r).enqueue("wat")
+    saved = structlog.get_config()
+    # at debug level (another test may have configured logging at info in this process)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            worker = make_worker(r, app)
+            assert worker.log_success
+            assert worker.run_one()
+    finally:
+        structlog.configure(**saved)
+    (line,) = [e for e in logs if e["event"] == "job succeeded"]
+    assert line["log_level"] == "debug"
+    assert (line["job_id"], line["job_name"]) == (job.id, "wat")
+    assert 0.01 <= line["duration"] < 5

@@ -5,7 +5,8 @@
 -- KEYS[3] = <p>pw:wake (plain variant only wakes idle workers; ignored by the "in" variant)
 -- ARGV[1] = job JSON
 -- ARGV[2] = value stored under the unique key: "1" (args-based) or the job JSON (by-key)
--- ARGV[3] = run-at epoch seconds for the "in" variant; absent for the plain variant
+-- ARGV[3] = how many wake tokens the wake list may hold
+-- ARGV[4] = run-at epoch seconds for the "in" variant; absent for the plain variant
 --
 -- Unique keys live 24 h (86400 s, gocraft's TTL), set here only.
 --
@@ -13,12 +14,12 @@
 -- then overwritten and its TTL restarted, as gocraft does; the queued entry is unchanged).
 
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', '86400') then
-  if ARGV[3] then
-    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  if ARGV[4] then
+    redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
   else
     redis.call('LPUSH', KEYS[1], ARGV[1])
     redis.call('LPUSH', KEYS[3], '1')
-    redis.call('LTRIM', KEYS[3], 0, 63)
+    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
   end
   return 'ok'
 end

@@ -17,11 +17,15 @@
 --   4 <p>jobs:<name>:lock   5 <p>jobs:<name>:lock_info   6 <p>jobs:<name>:max_concurrency
 -- ARGV[1] = pool ID
 -- ARGV[2] = how many jobs to fetch at most (0: only acknowledge)
--- ARGV[3] = number of acknowledgements A, followed by A records of 4 values:
+-- ARGV[3] = max_payload_bytes (0: no limit): a larger entry is never handed to a worker; it
+--           goes to <p>dead wrapped in a job {"name": <queue's job name>, "args":
+--           {"malformed_payload": <the entry>}, "err": ...}, counted as a dead job
+-- ARGV[4] = max bytes of one batch: the batch stops after the job that reaches it
+-- ARGV[5] = number of acknowledgements A, followed by A records of 4 values:
 --   group number g (the queue the job was fetched from, in this call's order),
 --   raw job bytes exactly as fetched,
 --   outcome: "s" success, "r" retry, "d" dead, "x" dropped (skip_dead), "q" return unstarted
---            to the front of its queue,
+--            to the front of its queue (and wake an idle worker for it),
 --   for "r"/"d": "<score> <re-serialized job>"; otherwise "".
 -- then ARGV[i] = now (epoch seconds), ARGV[i+1] = status TTL in seconds, ARGV[i+2] = "1" to
 --   count outcomes in <p>pw:metrics ("0": [server] metrics = false),
@@ -47,7 +51,9 @@
 
 local pool = ARGV[1]
 local want = tonumber(ARGV[2])
-local nacks = tonumber(ARGV[3])
+local max_payload = tonumber(ARGV[3])
+local max_batch = tonumber(ARGV[4])
+local nacks = tonumber(ARGV[5])
 
 local G0 = 6  -- keys before the first group
 -- outcome -> (counter, number): counts are keyed by the number g * 4 + n, no string per job
@@ -56,9 +62,10 @@ local CODE = {s = 0, r = 1, d = 2, x = 3}
 local OUTCOME = {[0] = 's', [1] = 'r', [2] = 'd', [3] = 'x'}
 
 local released = {}
+local requeued = 0
 local taken = {}  -- acknowledgement number -> true when it took its entry (if track)
 local counts = {}  -- g * 4 + CODE[outcome] -> n
-local i = 4
+local i = 6
 local count = ARGV[i + 4 * nacks + 2] == '1'  -- the arguments after the records
 local track = tonumber(ARGV[i + 4 * nacks + 3]) > 0  -- status records to write
 for k = 1, nacks do
@@ -83,6 +90,7 @@ for k = 1, nacks do
       redis.call('ZADD', target, string.sub(extra, 1, sp - 1), string.sub(extra, sp + 1))
     elseif outcome == 'q' then
       redis.call('RPUSH', KEYS[base + 1], raw)
+      requeued = requeued + 1
     end
   end
 end
@@ -90,6 +98,11 @@ for g, n in pairs(released) do
   local base = G0 + 6 * (g - 1)
   redis.call('DECRBY', KEYS[base + 4], n)
   redis.call('HINCRBY', KEYS[base + 5], pool, -n)
+end
+if requeued > 0 then
+  -- jobs handed back (a slow job's batch, a stopping worker): another worker takes them now
+  for _ = 1, math.min(requeued, 64) do redis.call('LPUSH', KEYS[3], '1') end
+  redis.call('LTRIM', KEYS[3], 0, 63)
 end
 
 -- counters: the job name is the group's queue key minus "<p>jobs:"
@@ -140,6 +153,26 @@ if want <= 0 then
   return {0, {}}
 end
 
+-- An entry over max_payload_bytes, taken off the in-progress list it was just moved to.
+local oversized = 0
+local function dead_letter(queue, job)
+  local at = tonumber(redis.call('TIME')[1])
+  local name = string.sub(queue, prefix_len + 1)
+  local seed = pool .. ' ' .. at .. ' ' .. redis.call('ZCARD', KEYS[2]) .. ' ' .. #job
+  local id = string.sub(redis.sha1hex(seed .. string.sub(job, 1, 4096)), 1, 24)
+  local err = 'malformed job: payload of ' .. #job .. ' bytes is over server.max_payload_bytes ('
+    .. max_payload .. ')'
+  redis.call('ZADD', KEYS[2], at, '{"name":' .. cjson.encode(name)
+    .. ',"id":"' .. id .. '","t":' .. at .. ',"args":{"malformed_payload":' .. cjson.encode(job)
+    .. '},"fails":1,"err":' .. cjson.encode(err) .. ',"failed_at":' .. at .. '}')
+  if count then  -- counted as any job that went to dead
+    for _, field in ipairs({'processed:', 'failed:', 'dead:'}) do
+      redis.call('HINCRBY', KEYS[4], field .. name, 1)
+    end
+  end
+  oversized = oversized + 1
+end
+
 local groups = (#KEYS - G0) / 6
 for g = 1, groups do
   local base = G0 + 6 * (g - 1)
@@ -156,14 +189,29 @@ for g = 1, groups do
     end
     if n > 0 then
       local jobs = {}
-      for k = 1, n do
-        jobs[k] = redis.call('RPOPLPUSH', queue, KEYS[base + 2])
+      local kept, bytes = 0, 0
+      for _ = 1, n + 16 do  -- bounded: a queue of oversized entries is drained call by call
+        local job = redis.call('RPOPLPUSH', queue, KEYS[base + 2])
+        if not job then break end
+        if max_payload > 0 and #job > max_payload then
+          redis.call('LPOP', KEYS[base + 2])
+          dead_letter(queue, job)
+        else
+          kept = kept + 1
+          jobs[kept] = job
+          bytes = bytes + #job
+          if kept >= n or bytes >= max_batch then break end
+        end
       end
-      redis.call('INCRBY', KEYS[base + 4], n)
-      redis.call('HINCRBY', KEYS[base + 5], pool, n)
-      return {g, jobs}
+      if kept > 0 then
+        redis.call('INCRBY', KEYS[base + 4], kept)
+        redis.call('HINCRBY', KEYS[base + 5], pool, kept)
+        return {g, jobs}
+      end
     end
   end
 end
-redis.call('DEL', KEYS[3])
+if oversized == 0 then
+  redis.call('DEL', KEYS[3])
+end
 return {0, {}}

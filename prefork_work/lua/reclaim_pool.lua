@@ -10,6 +10,7 @@
 --                <p>jobs:<name>:lock, <p>jobs:<name>:lock_info
 -- KEYS[#KEYS]  = <p>pw:wake
 -- ARGV[1]      = the dead pool's ID
+-- ARGV[2]      = how many wake tokens the wake list may hold
 --
 -- Returns the number of jobs requeued.
 
@@ -32,7 +33,8 @@ for g = 1, (#KEYS - 1) / 4 do
 end
 if total > 0 then
   local wake = KEYS[#KEYS]
-  for _ = 1, math.min(total, 64) do redis.call('LPUSH', wake, '1') end
-  redis.call('LTRIM', wake, 0, 63)
+  local cap = tonumber(ARGV[2])
+  for _ = 1, math.min(total, cap) do redis.call('LPUSH', wake, '1') end
+  redis.call('LTRIM', wake, 0, cap - 1)
 end
 return total

@@ -96,21 +96,27 @@ class RedisStore:
         pipe.ltrim(self.keys.wake(), 0, WAKE_TOKENS_MAX - 1)  # type: ignore[attr-defined]
 
     @translate_errors
-    def move_due(self, zset: str, now: int, moves: Sequence[tuple[bytes, bytes, str]]) -> int:
+    def move_due(self, zset: str, now: int, moves: Sequence[tuple[bytes, bytes, str]],
+                 refused: list[int] | None = None) -> int:
         """Move members of a sorted set to queues, each only if this call removed it.
 
         moves: (member, new bytes, target key); a target equal to <p>dead means dead, at
-        score ``now``. Used by the requeuer and by the Client's dead-job retries.
+        score ``now``. Used by the requeuer and by the Client's dead-job retries. A move to
+        a queue key that holds another type is not made (the member stays where it is);
+        its index in ``moves`` is appended to ``refused``.
         """
         if not moves:
             return 0
         keys = [zset, self.keys.wake()]
-        args: list[bytes | str | int] = [now]
+        args: list[bytes | str | int] = [now, WAKE_TOKENS_MAX]
         dead = self.keys.dead()
         for member, payload, target in moves:
             keys.append(target)
             args += [member, payload, "d" if target == dead else "q"]
-        return int(self.run_script("move_due", keys, args))
+        moved, *rejected = self.run_script("move_due", keys, args)
+        if refused is not None:
+            refused.extend(int(i) - 1 for i in rejected)
+        return int(moved)
 
     def run_script_held(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """``run_script`` on a connection this store keeps for itself: the one-job enqueue path.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prefork_work.errors import MalformedJob
 from prefork_work.job import Job
-from prefork_work.store.base import RedisStore, translate_errors
+from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, translate_errors
 from prefork_work.store.queue import OBSERVATION_TTL_SECONDS
 
 REAP_CLAIM_SECONDS = 60
@@ -78,9 +78,7 @@ class PoolStore(RedisStore):
         """pool id -> job names that have an in-progress list, found by SCAN (not trusted
         from heartbeats, which may be missing: W1)."""
         found: dict[str, set[str]] = {}
-        pattern = self.keys.in_progress_pattern()
-        if pool_id is not None:
-            pattern = pattern[: -len("*:inprogress")] + "*:" + pool_id + ":inprogress"
+        pattern = self.keys.in_progress_pattern(pool_id)
         for key in self.redis.scan_iter(match=pattern, count=1000):
             parsed = self.keys.parse_in_progress(key.decode("utf-8", "replace"))
             if parsed is not None and (pool_id is None or parsed[1] == pool_id):
@@ -135,7 +133,7 @@ class PoolStore(RedisStore):
         if not keys:
             return 0
         keys.append(self.keys.wake())
-        return int(self.run_script("reclaim_pool", keys, [pool_id]))
+        return int(self.run_script("reclaim_pool", keys, [pool_id, WAKE_TOKENS_MAX]))
 
     @translate_errors
     def in_progress_job(self, pool_id: str, name: str, job_id: str) -> tuple[bytes, Job] | None:

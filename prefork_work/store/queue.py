@@ -74,10 +74,10 @@ class QueueStore(RedisStore):
         self.redis.sadd(self.keys.known_jobs(), name)
         if run_at is None:
             keys = [self.keys.jobs(name), unique_key, self.keys.wake()]
-            args: list[bytes | int] = [payload, stored]
+            args: list[bytes | int] = [payload, stored, WAKE_TOKENS_MAX]
         else:
             keys = [self.keys.scheduled(), unique_key, self.keys.wake()]
-            args = [payload, stored, run_at]
+            args = [payload, stored, WAKE_TOKENS_MAX, run_at]
         return self.run_script("enqueue_unique", keys, args) == b"ok"
 
     # --- worker ---------------------------------------------------------------------------
@@ -101,6 +101,8 @@ class QueueStore(RedisStore):
         want: int,
         acks: Sequence[Ack],
         *,
+        max_payload_bytes: int = 0,
+        max_batch_bytes: int = 0,
         now: int = 0,
         count: bool = True,
         statuses: Sequence[tuple[int, str, bytes]] = (),
@@ -108,6 +110,10 @@ class QueueStore(RedisStore):
         increments: Mapping[str, int] | None = None,
     ) -> tuple[str | None, list[bytes]]:
         """Acknowledge ``acks`` and fetch up to ``want`` jobs from the first eligible queue.
+
+        An entry over ``max_payload_bytes`` (0: no limit) goes to the dead set instead of
+        being returned; the batch stops early once its payloads reach ``max_batch_bytes``
+        (0: no limit; the first job is always taken).
 
         ``order`` is the priority-sampled order of job names; every acked job's name must be
         among them. Returns (name of the queue served or None, raw jobs oldest first).
@@ -127,7 +133,8 @@ class QueueStore(RedisStore):
         for number, name in enumerate(order, start=1):
             keys.extend(group_keys[name])
             group_of[name] = number
-        args: list[bytes | str | int] = [pool_id, want, len(acks)]
+        args: list[bytes | str | int] = [pool_id, want, max_payload_bytes,
+                                         max_batch_bytes or 2**53, len(acks)]
         for ack in acks:
             extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))

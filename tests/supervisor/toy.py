@@ -21,6 +21,7 @@ class ToyApp:
         self.version = 1
 
     def log(self, **event) -> None:
+        event["t"] = time.monotonic()  # one clock for master and children: tests order events
         with open(self.dir / "events.log", "a") as handle:
             handle.write(json.dumps(event) + "\n")
 
