@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import sys
 
-import redis
-
 from prefork_work.client import Client
+from prefork_work.connection import redis_from_url
 from prefork_work.web.app import create_app
 
 
 def main() -> None:
     # no connection is made: the document depends on the routes only
-    app = create_app(Client("work", redis.Redis()))
+    app = create_app(Client("work", redis_from_url("redis://localhost:6379/0")))
     json.dump(app.openapi(), sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 
