@@ -10,7 +10,9 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+import structlog
 
 from prefork_work.errors import ConfigError
 from prefork_work.job import Job
@@ -18,6 +20,33 @@ from prefork_work.job import Job
 Handler = Callable[[Job], Any]
 Middleware = Callable[[Job, Callable[[], Any]], Any]
 Backoff = Callable[[Job], float]
+Hook = Callable[[], Any]
+HookEvent = Literal["startup", "child_start", "child_exit", "shutdown"]
+
+log = structlog.get_logger("prefork_work.app")
+
+# Start hooks stop at the first failure (a later one may need what an earlier one set up);
+# exit hooks are clean-ups: every one runs, a failure is logged, and the process carries on.
+START_EVENTS: tuple[HookEvent, ...] = ("startup", "child_start")
+HOOK_EVENTS: tuple[HookEvent, ...] = ("startup", "child_start", "child_exit", "shutdown")
+
+
+class HookFailed(ConfigError):
+    """A lifecycle hook raised; the message names the hook. At startup it exits 78 like an
+    import error (a ConfigError); in a child it fails that child's start."""
+
+    def __init__(self, event: HookEvent, hook: Hook, error: BaseException) -> None:
+        self.event = event
+        self.hook_name = hook_name(hook)
+        self.error = error
+        super().__init__(
+            f"on_{event} hook {self.hook_name} failed: {type(error).__name__}: {error}"
+        )
+
+
+def hook_name(hook: Hook) -> str:
+    module = getattr(hook, "__module__", None) or "?"
+    return f"{module}.{getattr(hook, '__qualname__', repr(hook))}"
 
 MAX_PRIORITY = 100_000  # gocraft's check (its docs say 10000; the code enforces 100000)
 DEFAULT_MAX_FAILS = 4
@@ -65,6 +94,7 @@ class App:
         self.job_types: dict[str, JobType] = {}
         self.middlewares: list[Middleware] = []
         self.periodic_jobs: list[PeriodicJob] = []
+        self.hooks: dict[HookEvent, list[Hook]] = {event: [] for event in HOOK_EVENTS}
 
     def job(
         self,
@@ -119,6 +149,50 @@ class App:
             raise ConfigError(f"middleware must be callable, got {fn!r}")
         self.middlewares.append(fn)
         return fn
+
+    # --- lifecycle hooks ---------------------------------------------------------------------
+    def on_startup(self, fn: Hook) -> Hook:
+        """Run ``fn()`` in the master once the job module is imported, before the first fork
+        (and again for the freshly imported module on a reload). Raising stops the start
+        with exit 78."""
+        return self._add_hook("startup", fn)
+
+    def on_child_start(self, fn: Hook) -> Hook:
+        """Run ``fn()`` in every child after fork, before its first fetch (replacement,
+        recycled and reloaded children too): reopen what the import opened in the master.
+        Raising fails that child's start (the server's crash-loop backoff applies)."""
+        return self._add_hook("child_start", fn)
+
+    def on_child_exit(self, fn: Hook) -> Hook:
+        """Run ``fn()`` in a child that stops cleanly (drain, recycle, TTOU), after its last
+        job is acknowledged. Not on a crash, a kill or a fast stop."""
+        return self._add_hook("child_exit", fn)
+
+    def on_shutdown(self, fn: Hook) -> Hook:
+        """Run ``fn()`` in the master after the last child is gone."""
+        return self._add_hook("shutdown", fn)
+
+    def _add_hook(self, event: HookEvent, fn: Hook) -> Hook:
+        if not callable(fn):
+            raise ConfigError(f"on_{event} hook must be callable, got {fn!r}")
+        self.hooks[event].append(fn)
+        return fn
+
+    def run_hooks(self, event: HookEvent) -> None:
+        """Call the ``event`` hooks in registration order.
+
+        ``startup`` and ``child_start`` stop at the first hook that raises and raise
+        :class:`HookFailed` naming it. ``child_exit`` and ``shutdown`` run every hook and
+        log each failure (one clean-up failing must not skip the others)."""
+        for hook in self.hooks[event]:
+            try:
+                hook()
+            except Exception as err:
+                failed = HookFailed(event, hook, err)
+                if event in START_EVENTS:
+                    raise failed from err
+                log.error("lifecycle hook failed", hook=failed.hook_name, stage=f"on_{event}",
+                          error=f"{type(err).__name__}: {err}", exc_info=True)
 
     def periodically_enqueue(self, spec: str, name: str) -> None:
         """Enqueue ``name`` at every activation of ``spec`` (5 fields, or 6 with seconds first)."""

@@ -99,3 +99,9 @@ def shutdown_server(url: str, *, save: bool, timeout: float) -> None:
         pass  # shutdown closes the connection under us; that is the expected outcome
     finally:
         client.close()
+
+
+def wipe(client: redis.Redis) -> None:
+    """FLUSHALL and SCRIPT FLUSH: a test's fresh start on a private server (never a shared one)."""
+    client.flushall()
+    client.script_flush()

@@ -85,7 +85,11 @@ def reimport_app(spec: str) -> App:
     else:
         sys.modules.pop(spec.partition(":")[0], None)
     importlib.invalidate_caches()
-    return load_app(spec)
+    app = load_app(spec)
+    # the new module's globals are fresh: its startup hooks run before its first fork; a
+    # failure fails the reload (before the server swaps apps) and the old generation runs on
+    app.run_hooks("startup")
+    return app
 
 
 @dataclass(slots=True)
@@ -362,6 +366,7 @@ class WorkServer:
     def shutdown(self) -> None:
         if self.web is not None:
             self.web.stop()  # first: it reads Redis until the end
+        self.app.run_hooks("shutdown")  # the last child is gone; Redis is still up
         if self.embedded is not None:
             self.embedded.stop()  # last: SHUTDOWN flushes its append-only file
             log.info("stopped embedded redis")
@@ -370,11 +375,14 @@ class WorkServer:
     def child_main(self, ctx: ChildContext) -> int:
         record: ChildRecord = ctx.data["record"]
         structlog.contextvars.bind_contextvars(pool_id=record.pool_id)
+        # after fork, before the first fetch; HookFailed fails this child's start (the
+        # master's crash-loop backoff applies and its log names the hook)
+        self.app.run_hooks("child_start")
         outage = OutageWait(log)
         worker: Worker | None = None
         while worker is None:
             if ctx.stop_requested or not ctx.master_alive():
-                return 0
+                return self._child_stopped()
             try:
                 worker = self._child_worker(ctx, record)
             except RedisUnavailable as err:
@@ -391,7 +399,12 @@ class WorkServer:
             # master reclaims them when this child is gone)
             job_id, _, name = ctx.interrupted_label.partition(" ")
             log.info("interrupted; the job goes back to its queue", job_id=job_id, job_name=name)
-            raise
+            raise  # no exit hooks: this is not a clean stop
+        return self._child_stopped()
+
+    def _child_stopped(self) -> int:
+        """A clean stop (drain, recycle, TTOU): a fast stop raises Interrupted past this."""
+        self.app.run_hooks("child_exit")
         return 0
 
     def _child_worker(self, ctx: ChildContext, record: ChildRecord) -> Worker:
@@ -407,6 +420,7 @@ class WorkServer:
             self._pool_info(os.getpid(), record), time.time())
         return Worker(
             self.app, client, self.config.server.namespace,
+            lifecycle_hooks=False,  # child_main runs them: start before ready, exit after
             pool_id=record.pool_id, worker_id=record.worker_id,
             observer=ScoreboardObserver(ctx, self.config.server.hard_timeout_grace),
             requeue_exceptions=(Interrupted,),
@@ -503,24 +517,23 @@ def start_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
 
 def run(config: Config, app: App) -> int:
     """Run the server until it is told to stop; returns the exit code."""
+    web = None
+    if config.web.listen and config.path is not None:
+        # a process of its own, not a job worker: see web_process.py
+        web = WebProcess(config.path, config.web.listen)
+        web.check_installed()  # before anything starts: a missing extra is exit 78
     redis_url, embedded = start_redis(config)
     try:
         server = WorkServer(config, app, redis_url, embedded)
         server.announce()
+        app.run_hooks("startup")  # HookFailed is a ConfigError: exit 78, like an import error
     except BaseException:
         if embedded is not None:
             embedded.stop()
         raise
     supervisor = Supervisor(server, title="prefork-work", **supervisor_settings(config))
     server.supervisor = supervisor
-    if config.web.listen and config.path is not None:
-        # a process of its own, not a job worker: see web_process.py
-        server.web = WebProcess(config.path, config.web.listen)
-        try:
-            server.web.check_installed()
-        except BaseException:
-            if embedded is not None:
-                embedded.stop()
-            raise
-        server.web.start()
+    if web is not None:
+        server.web = web
+        web.start()
     return supervisor.run()

@@ -52,6 +52,9 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 FIRST_BUCKET = DURATION_BUCKETS[0]
 STATES = {"s": "done", "r": "retry", "d": "dead", "x": "dead"}
 DEFAULT_IDLE_WAITS = (0.05, 0.25, 1.0)  # blocking waits on the wake list, not sleeps
+# How long after a lost fetch reply the worker keeps checking its in-progress lists for jobs
+# a late copy of that call fetched: TCP gives up retransmitting after about 15 minutes.
+LATE_FETCH_WINDOW = 900.0
 REDIS_RETRY_WAITS = (0.1, 0.25, 0.5, 1.0, 2.0)
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # [server] max_payload_bytes
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024  # a batch stops growing at this many bytes of payloads
@@ -162,6 +165,7 @@ class Worker:
         batch_seconds: float = 0.005,
         idle_waits: Sequence[float] = DEFAULT_IDLE_WAITS,
         requeue_exceptions: tuple[type[BaseException], ...] = (),
+        lifecycle_hooks: bool = True,
         clock: Callable[[], float] = time.time,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
@@ -187,6 +191,9 @@ class Worker:
         self.idle_waits = tuple(idle_waits) or DEFAULT_IDLE_WAITS
         # exceptions that mean "stop now, this job did not fail" (the server's Interrupted)
         self.requeue_exceptions = requeue_exceptions
+        # work() runs the app's on_child_start/on_child_exit hooks, as a prefork child does
+        # (the server runs them itself around its children's work() and passes False)
+        self.lifecycle_hooks = lifecycle_hooks
         # what may escape the dispatch of a fetched payload; anything else makes it malformed
         self._passthrough: tuple[type[BaseException], ...] = (RedisUnavailable, *requeue_exceptions)
         self.max_payload_bytes = max_payload_bytes
@@ -220,6 +227,7 @@ class Worker:
         self.stop_requested = False
         self.jobs_done = 0
         self.needs_recovery = False
+        self.suspect_until = 0.0  # monotonic: until then, look for late-arriving fetches
         self.outage = OutageWait(self.log)
         # The watchdog thread and the main thread share the buffer: a job is started by
         # popleft() and released by pop(), each atomic, so every fetched job goes to exactly
@@ -274,7 +282,13 @@ class Worker:
         Stops only between jobs: a running job always finishes. On the way out, finished
         jobs are acknowledged and unstarted prefetched jobs go back to the front of their
         queues.
+
+        With ``lifecycle_hooks`` (the default), the app's ``on_child_start`` hooks run before
+        the first fetch (one raising stops ``work()`` with ``HookFailed``) and its
+        ``on_child_exit`` hooks after a clean stop; ``run_one()`` and ``drain()`` run none.
         """
+        if self.lifecycle_hooks:
+            self.app.run_hooks("child_start")
         try:
             while not self.stop_requested and not (until and until()):
                 left = max_jobs - self.jobs_done if max_jobs else None
@@ -294,6 +308,8 @@ class Worker:
                     self.outage.wait(err)
         finally:
             self.close()
+        if self.lifecycle_hooks:  # not reached when a job's requeue exception ends work()
+            self.app.run_hooks("child_exit")
 
     def request_stop(self) -> None:
         """Stop after the running job (callable from a signal handler: it only sets a flag)."""
@@ -343,6 +359,10 @@ class Worker:
             # already removed is not released twice); jobs it may have fetched are found in
             # our in-progress lists by _recover().
             self.needs_recovery = True
+            # The lost call's bytes may still reach Redis later (a healed partition, a proxy
+            # flushing its buffer) and move jobs into this live pool's lists after _recover
+            # ran: no reaper takes a live pool's jobs, so look again whenever idle for a while.
+            self.suspect_until = time.monotonic() + LATE_FETCH_WINDOW
             raise
         self.acks = []
         self.statuses = []
@@ -371,6 +391,8 @@ class Worker:
         self.needs_recovery = False
 
     def _wait_for_work(self) -> None:
+        if self.suspect_until and time.monotonic() < self.suspect_until:
+            self.needs_recovery = True  # one LRANGE per job name per idle wait (≤ 1 s)
         timeout = self.idle_waits[min(self.idle_count, len(self.idle_waits) - 1)]
         self.idle_count += 1
         self.store.wait_for_work(timeout)

@@ -361,7 +361,10 @@ class Supervisor:
         if not child.ready:
             self._backoff(child.fatal or f"child exited with {info.describe()} {lifetime:.1f}s "
                           "after start, before it was ready")
-        elif not busy and now - child.ready_mono < BOOT_GRACE:
+        elif (not busy and now - child.ready_mono < BOOT_GRACE
+              # SIGKILL comes from outside (the OOM killer, an operator, a kill storm), not
+              # from the child's own code: such a child is replaced at once
+              and info.signal != signal.SIGKILL):
             self._backoff(f"child exited with {info.describe()} {now - child.ready_mono:.1f}s "
                           "after it was ready, running no job")
 

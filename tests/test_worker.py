@@ -561,6 +561,34 @@ def test_recovery_leaves_the_jobs_the_worker_still_holds(r) -> None:
     assert_clean_locks(r, worker, "wat")
 
 
+def test_a_late_copy_of_a_lost_fetch_is_recovered_once_idle(r) -> None:
+    # a fetch whose reply was lost reaches Redis again after the worker recovered (a healed
+    # partition, a proxy flushing its buffer): the jobs it took sit in this live pool's
+    # in-progress list, which no reaper touches, until the worker looks again when idle
+    ran: collections.Counter[str] = collections.Counter()
+    app = App()
+    app.register("wat", lambda job: ran.update([job.id]))
+    worker = make_worker(r, app)
+    real_fetch = worker.store.fetch
+
+    def lost_reply(*args, **kwargs):
+        worker.store.fetch = real_fetch
+        raise RedisUnavailable("reply lost")
+
+    worker.store.fetch = lost_reply
+    with pytest.raises(RedisUnavailable):
+        worker._refill()
+    assert not worker._refill()  # recovered at once: nothing held, nothing queued
+    late = Job(name="wat", id="late", t=1, args=None).to_json()
+    r.lpush(K.in_progress("wat", worker.pool_id), late)  # the lost call runs now, late
+    r.incr(K.lock("wat"))
+    r.hincrby(K.lock_info("wat"), worker.pool_id, 1)
+    worker._wait_for_work()
+    worker.drain()
+    assert ran == {"late": 1}
+    assert_clean_locks(r, worker, "wat")
+
+
 def test_redis_down_raises_and_loses_nothing(r, redis_server) -> None:
     app = App()
     app.register("wat", lambda job: None)

@@ -126,6 +126,22 @@ def test_a_ready_child_dying_with_no_job_backs_off(toy) -> None:
     assert instance.stop() == 0
 
 
+def test_a_ready_idle_child_sigkilled_young_is_replaced_at_once(toy) -> None:
+    # a SIGKILL storm (or the OOM killer) hits children between jobs, soon after they are
+    # ready: not their own failure, so no backoff and never a server without children
+    instance = toy(concurrency=2, idle=True)
+    for kills in range(1, 7):
+        wait_until(lambda n=kills + 1: len(instance.events("ready")) >= n, 5, 0.02,
+                   f"a ready child after {kills - 1} kills")
+        ready = instance.events("ready")[-1]
+        killed_at = time.monotonic()
+        os.kill(ready["pid"], signal.SIGKILL)
+        wait_until(lambda n=kills + 2: len(instance.events("ready")) >= n, 5, 0.02, "its replacement")
+        assert instance.events("ready")[-1]["t"] - killed_at < 1.0  # the backoff waits 1 s first
+    assert "backing off" not in instance.log.read_text()
+    assert instance.stop() == 0
+
+
 def test_scoreboard_liveness_measures_the_masters_silence() -> None:
     board = Scoreboard(2)
     assert board.liveness.silence() == 0.0  # never stamped: no master to wait for

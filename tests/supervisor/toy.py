@@ -43,7 +43,7 @@ class ToyApp:
         while not ctx.stop_requested and ctx.master_alive():
             if self.options.get("grow_mb") and n == 5:  # grows after a few jobs, not at birth
                 grown.append(bytearray(self.options["grow_mb"] * 1024 * 1024))
-            if ctx.quiet:
+            if ctx.quiet or self.options.get("idle"):
                 time.sleep(0.05)
                 continue
             n += 1
