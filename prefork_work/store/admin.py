@@ -110,12 +110,16 @@ class AdminStore(RedisStore):
         return value
 
     @translate_errors
-    def scan_zset(self, zset: str, needle: bytes, count: int = 1000) -> list[tuple[bytes, float]]:
-        """Every member containing ``needle`` (ZSCAN MATCH: O(N) in the set, in steps)."""
-        pattern = b"*" + _glob_escape(needle) + b"*"
-        return [(member, score)
-                for member, score in self.redis.zscan_iter(zset, match=pattern, count=count)
-                if needle in member]
+    def scan_zset(self, zset: str, needle: bytes, step: int = 20_000) -> list[tuple[bytes, float]]:
+        """Every member containing ``needle``: O(N) in the set, ``step`` members a call
+        (lua/scan_zset.lua)."""
+        found: list[tuple[bytes, float]] = []
+        start = 0
+        while start >= 0:
+            reply = self.run_script("scan_zset", [zset], [needle, start, step])
+            start = int(reply[0])
+            found.extend((reply[i], float(reply[i + 1])) for i in range(1, len(reply), 2))
+        return found
 
     @translate_errors
     def find_queued(self, names: Sequence[str], needle: bytes, limit: int) -> tuple[str, bytes] | None:
@@ -146,10 +150,6 @@ class AdminStore(RedisStore):
             pipe.zcard(key)
         scheduled, retry, dead = pipe.execute()
         return int(scheduled), int(retry), int(dead)
-
-
-def _glob_escape(text: bytes) -> bytes:
-    return b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in text)
 
 
 def _int(value: bytes | None) -> int:
