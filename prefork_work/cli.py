@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                               "(so they do not show in ps)")
     enqueue.add_argument("--any-name", action="store_true",
                          help="allow a name the app does not register (a job for another service)")
+    web = commands.add_parser(
+        "web", help="serve the dashboard, JSON API and /metrics (needs prefork-work[web])")
+    web.add_argument("--listen", metavar="HOST:PORT",
+                     help="address to bind (default: [web] listen, else 127.0.0.1:5040)")
     from prefork_work import admin_cli
 
     admin_cli.add_commands(commands)  # queues, workers, jobs, status, drain, ... (README "Admin CLI")
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in _admin_commands():
             return _admin(config, args)
         prepare_imports(config.server.python_path)
+        if args.command == "web":
+            return _web(config, args.listen)
         from prefork_work.server import load_app
 
         app = load_app(config.server.app)
@@ -152,6 +158,20 @@ def redis_url_for(config: Config) -> str:
     from prefork_work.embedded import running_url
 
     return running_url(config.server.state_dir, config.path)
+
+
+def _web(config: Config, listen: str | None) -> int:
+    """The web app alone; it needs no job module, only the config and Redis."""
+    try:
+        from prefork_work.web.run import serve
+    except ImportError as err:
+        print(f"prefork-work: the web app needs its extra: pip install 'prefork-work[web]' "
+              f"({err})", file=sys.stderr)
+        return EX_CONFIG
+    from prefork_work.logging import configure_logging
+
+    configure_logging(config.log.format, config.log.level)
+    return serve(config, listen, redis_url_for(config))
 
 
 def _print_warnings(config: Config) -> None:

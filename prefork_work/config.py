@@ -8,12 +8,13 @@ mentions every setting with its real default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,48 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('must be "HOST:PORT", e.g. "127.0.0.1:5040"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError('needs a host: "127.0.0.1:5040" (":5040" would listen everywhere)')
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def web_access_problem(listen: str, token: str, read_only: bool) -> str | None:
+    """Why the web app must not start on ``listen``, or None. Off loopback, anyone who can
+    reach the port could change jobs: changes need a token, or must be switched off."""
+    host, _ = parse_listen(listen)
+    if is_loopback(host) or token or read_only:
+        return None
+    return (f"web.listen: {listen!r} is not a loopback address and changes would be open to "
+            "anyone who can reach it: set [web] token (or PREFORK_WORK_WEB_TOKEN), or "
+            "[web] read_only = true")
+
+
+def _listen(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        parse_listen(value)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def _namespace(value: str) -> str | None:
     return "must not contain spaces" if " " in value else None
 
@@ -119,6 +162,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "status_ttl", int, 86400, "seconds a finished job's status record is kept (job types registered with status=True)", _positive),
     Setting("server", "metrics", bool, True, "count job outcomes and durations in Redis for /metrics (false saves their small cost)"),
     Setting("server", "state_dir", str, "", "directory for the embedded Redis's data; empty: $STATE_DIRECTORY (systemd) or ./var next to this file"),
+    Setting("web", "listen", str, "", 'HOST:PORT of the dashboard, JSON API and /metrics, run by the master as one more supervised process; empty: off ("prefork-work -c FILE web" runs it alone)', _listen),
+    Setting("web", "token", str, "", "bearer token every POST/DELETE must send (Authorization: Bearer ...); $PREFORK_WORK_WEB_TOKEN overrides it; required off loopback unless read_only"),
+    Setting("web", "read_only", bool, False, "true: the web app changes nothing (every POST/DELETE is refused)"),
     Setting("log", "format", str, "auto", '"json" (one object per line), "console" (readable), or "auto" (console on a terminal)', _one_of("json", "console", "auto")),
     Setting("log", "level", str, "info", "debug, info, warning or error", _one_of("debug", "info", "warning", "error")),
 )
@@ -162,11 +208,19 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    listen: str = ""
+    token: str = ""  # $PREFORK_WORK_WEB_TOKEN when set, else [web] token
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     redis: RedisConfig
     server: ServerConfig
     log: LogConfig
     path: Path | None = None
+    web: WebConfig = WebConfig()
 
 
 def _type_name(kind: type) -> str:
@@ -218,6 +272,13 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
                 f"{where}: server.namespace: with redis.cluster every key must be in one slot; "
                 f"use a hash tag, e.g. \"{{{values['server.namespace']}}}\""
             )
+    web = WebConfig(values["web.listen"],
+                    os.environ.get("PREFORK_WORK_WEB_TOKEN") or values["web.token"],
+                    values["web.read_only"])
+    if web.listen:
+        problem = web_access_problem(web.listen, web.token, web.read_only)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     base = base or Path.cwd()
     redis_files = _redis_files(values, where, base)
     state_dir = values["server.state_dir"] or os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "var"
@@ -241,6 +302,7 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
             metrics=values["server.metrics"],
         ),
         log=LogConfig(values["log.format"], values["log.level"]),
+        web=web,
     )
 
 
@@ -385,4 +447,4 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{file}: invalid TOML: {err}") from None
     config = build_config(data, str(file), file.resolve().parent)
-    return Config(config.redis, config.server, config.log, file.resolve())
+    return replace(config, path=file.resolve())

@@ -97,6 +97,10 @@ class Keys:
         """Held by the one reaper reclaiming a dead pool, so two reapers never both requeue it."""
         return self.prefix + "pw:reaping:" + pool_id
 
+    def web_minute(self, minute: int) -> str:
+        """The web app's snapshot of job counters at one minute (epoch // 60), kept two hours."""
+        return self.prefix + "pw:web:minute:" + str(minute)
+
     def metrics(self) -> str:
         """Namespace-wide counters of every worker (hash): ``processed:<name>``,
         ``failed:<name>``, ``retried:<name>``, ``dead:<name>``, ``dropped:<name>``, duration

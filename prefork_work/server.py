@@ -35,6 +35,7 @@ from prefork_work.safepath import prepare_imports
 from prefork_work.store.metrics import MetricsStore
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
+from prefork_work.web_process import WebProcess
 from prefork_work.worker import OutageWait, Worker, default_backoff, observation_args
 from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask, Supervisor
 
@@ -45,6 +46,7 @@ OBSERVATION_INTERVAL = 1.0  # gocraft's observer flushes once a second
 # 5 s) stop with it, and a Go reaper takes a pool whose heartbeat is 10 s old for dead.
 MASTER_SILENCE = 3.0
 EMBEDDED_CHECK_INTERVAL = 1.0
+WEB_CHECK_INTERVAL = 1.0
 
 
 def supervisor_settings(config: Config) -> dict[str, Any]:
@@ -239,6 +241,7 @@ class WorkServer:
         self.app = app
         self.redis_url = redis_url
         self.embedded = embedded
+        self.web: WebProcess | None = None  # [web] listen: the supervised web app (run())
         self.master_id = make_identifier()
         self.host = hostname()
         self.keys = Keys(config.server.namespace)
@@ -425,12 +428,16 @@ class WorkServer:
             PeriodicTask("periodic", self.periodic.interval,
                          outage.tolerate("periodic", lambda now: self.periodic.tick(now))),
         ]
+        if self.web is not None:
+            tasks.append(PeriodicTask("web", WEB_CHECK_INTERVAL, self._check_web, run_at_start=False))
         if self.embedded is not None:
             tasks.append(PeriodicTask("embedded-redis", EMBEDDED_CHECK_INTERVAL, self._check_embedded,
                                       run_at_start=False))
         return tasks
 
     def shutdown(self) -> None:
+        if self.web is not None:
+            self.web.stop()  # first: it reads Redis until the end
         self.app.run_hooks("shutdown")  # the last child is gone; Redis is still up
         if self.embedded is not None:
             self.embedded.stop()  # last: SHUTDOWN flushes its append-only file
@@ -532,6 +539,11 @@ class WorkServer:
             log.error("embedded redis died; restarting it")
             self.embedded.start()
 
+    def _check_web(self, now: float) -> None:
+        assert self.web is not None
+        if not (self.supervisor and self.supervisor.stopping):
+            self.web.check()
+
     def _records(self) -> list[ChildRecord]:
         children = self.supervisor.children if self.supervisor else []
         return [c.data["record"] for c in children if "record" in c.data]
@@ -616,6 +628,11 @@ def start_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
 
 def run(config: Config, app: App) -> int:
     """Run the server until it is told to stop; returns the exit code."""
+    web = None
+    if config.web.listen and config.path is not None:
+        # a process of its own, not a job worker: see web_process.py
+        web = WebProcess(config.path, config.web.listen)
+        web.check_installed()  # before anything starts: a missing extra is exit 78
     redis_url, embedded = start_redis(config)
     try:
         server = WorkServer(config, app, redis_url, embedded)
@@ -628,4 +645,7 @@ def run(config: Config, app: App) -> int:
     supervisor = Supervisor(server, title="prefork-work", jobs_per_child=config.server.jobs_per_child,
                             **supervisor_settings(config))
     server.supervisor = supervisor
+    if web is not None:
+        server.web = web
+        web.start()
     return supervisor.run()

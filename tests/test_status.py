@@ -202,3 +202,20 @@ def test_a_malformed_record_is_ignored(r) -> None:
     r.hset(K.status(), "x1", b'{"state": "done", "fails": "many", "name": 7}')
     st = Client(NS, r).job_status("x1")
     assert st is not None and st.state == "done" and st.fails == 0 and st.name == ""
+
+
+def test_a_dead_job_is_found_past_the_first_scan_steps(r) -> None:
+    # the scan of a big set goes step by step (scan_zset.lua): a job in any step, the last
+    # included, is found by id, and a job whose args only mention the id is not taken for it
+    client = Client(NS, r)
+    members = {Job(name="ok", id=f"{i:024x}", t=1, args={"i": i}).to_json(): 1000 + i
+               for i in range(50)}
+    decoy = Job(name="ok", id="d" * 24, t=1, args={"ref": '"id":"' + f"{49:024x}" + '"'})
+    members[decoy.to_json()] = 999
+    r.zadd(K.dead(), members)
+    for i in (0, 7, 49):
+        assert client.store.scan_zset(K.dead(), f'"id":"{i:024x}"'.encode(), step=7)
+        status = client.job_status(f"{i:024x}")
+        assert status is not None and status.state == "dead", i
+    assert client.dead_job_score(f"{49:024x}") == 1049
+    assert client.job_status("e" * 24) is None
