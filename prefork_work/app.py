@@ -7,6 +7,7 @@ Options are validated here, at registration, with errors that name the job.
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +66,21 @@ class JobType:
     backoff: Backoff | None = None
     timeout: float | None = None
     hard_timeout: float | None = None
+    # with jobs_per_child > 1 a sync handler runs in the child's thread pool; False runs it
+    # alone on the child's main thread (for code that is not thread-safe)
+    threads: bool = True
     status: bool = False  # record each run's outcome for Client.job_status (README "Job status")
+
+    @property
+    def is_async(self) -> bool:
+        """An ``async def`` handler: it runs on the child's event loop."""
+        return is_async_callable(self.handler)
+
+
+def is_async_callable(fn: object) -> bool:
+    """``async def`` functions, and callables whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))  # noqa: B004 - the bound __call__ of an instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +122,11 @@ class App:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         hard_timeout: float | None = None,
+        threads: bool = True,
         status: bool = False,
     ) -> Callable[[Handler], Handler]:
-        """Decorator registering ``fn(job)`` as the handler of ``name``."""
+        """Decorator registering ``fn(job)`` (a function or an ``async def``) as the handler
+        of ``name``; ``threads=False`` keeps a sync handler off the thread pool."""
 
         def register(fn: Handler) -> Handler:
             self.register(
@@ -122,6 +139,7 @@ class App:
                 backoff=backoff,
                 timeout=timeout,
                 hard_timeout=hard_timeout,
+                threads=threads,
                 status=status,
             )
             return fn
@@ -143,8 +161,17 @@ class App:
         self.job_types[name] = job_type
         return job_type
 
+    @property
+    def has_async(self) -> bool:
+        """Whether a child must run an event loop: an ``async def`` job or middleware."""
+        return any(t.is_async for t in self.job_types.values()) or any(
+            is_async_callable(m) for m in self.middlewares)
+
     def middleware(self, fn: Middleware) -> Middleware:
-        """Add ``fn(job, next)``; middleware runs in registration order, the handler last."""
+        """Add ``fn(job, next)``; middleware runs in registration order, the handler last.
+
+        ``async def fn(job, next)`` awaits ``next()``; it runs on the child's event loop
+        (a child with one runs one)."""
         if not callable(fn):
             raise ConfigError(f"middleware must be callable, got {fn!r}")
         self.middlewares.append(fn)
@@ -215,6 +242,8 @@ def _problem(t: JobType) -> str | None:
         return f"max_fails must be a non-negative integer, got {t.max_fails!r}"
     if not _is_int(t.max_concurrency) or t.max_concurrency < 0:
         return f"max_concurrency must be a non-negative integer, got {t.max_concurrency!r}"
+    if not isinstance(t.threads, bool):
+        return f"threads must be a bool, got {t.threads!r}"
     if not isinstance(t.skip_dead, bool):
         return f"skip_dead must be a bool, got {t.skip_dead!r}"
     if not isinstance(t.status, bool):

@@ -68,6 +68,16 @@ def _concurrency(value: int) -> str | None:
     return None
 
 
+# supervisor/scoreboard.py MAX_SUB_SLOTS: one scoreboard sub-slot per job a child runs at once
+MAX_JOBS_PER_CHILD = 1000
+
+
+def _jobs_per_child(value: int) -> str | None:
+    if not 1 <= value <= MAX_JOBS_PER_CHILD:
+        return f"must be from 1 to {MAX_JOBS_PER_CHILD}"
+    return None
+
+
 def _app_spec(value: str) -> str | None:
     pattern = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
     return None if re.fullmatch(pattern, value) else 'must look like "package.module:attribute"'
@@ -147,6 +157,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "max_crashes", int, 3, "deaths of a job's process before the job goes to the dead set", _positive),
     Setting("server", "max_jobs_per_child", int, 0, "recycle a child after this many jobs (with 10% jitter); 0 = never", _non_negative),
     Setting("server", "max_memory_per_child", int, 0, "recycle a child whose RSS exceeds this many MiB; 0 = never", _non_negative),
+    Setting("server", "jobs_per_child", int, 1, f"jobs each child runs at once (1 to {MAX_JOBS_PER_CHILD}): async def jobs on an event loop, sync jobs in a thread pool of this size; 1 = one job at a time", _jobs_per_child),
     Setting("server", "max_payload_bytes", int, 16 * 1024 * 1024, "a job payload larger than this many bytes is never run: it goes to the dead set with an error; 0 = no limit", _non_negative),
     Setting("server", "status_ttl", int, 86400, "seconds a finished job's status record is kept (job types registered with status=True)", _positive),
     Setting("server", "metrics", bool, True, "count job outcomes and durations in Redis for /metrics (false saves their small cost)"),
@@ -185,6 +196,7 @@ class ServerConfig:
     max_memory_per_child: int
     state_dir: str
     max_payload_bytes: int = 16 * 1024 * 1024
+    jobs_per_child: int = 1
     status_ttl: int = 86400
     metrics: bool = True
 
@@ -285,6 +297,7 @@ def build_config(data: dict[str, Any], where: str = "config", base: Path | None 
             max_memory_per_child=values["server.max_memory_per_child"],
             state_dir=str((base / state_dir).resolve()),
             max_payload_bytes=values["server.max_payload_bytes"],
+            jobs_per_child=values["server.jobs_per_child"],
             status_ttl=values["server.status_ttl"],
             metrics=values["server.metrics"],
         ),

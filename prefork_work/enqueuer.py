@@ -31,17 +31,69 @@ class ScheduledJob:
     job: Job
 
 
-class Enqueuer:
+class JobMaker:
+    """What ``Enqueuer`` and ``AsyncEnqueuer`` share: new jobs, checked, and their bytes."""
+
+    def __init__(self, namespace: str, clock: Callable[[], float] = time.time) -> None:
+        self.keys = Keys(namespace)
+        self.clock = clock
+        # name -> monotonic expiry of the cached SADD (gocraft keeps the same per Enqueuer)
+        self.known_jobs: dict[str, float] = {}
+
+    def _new_many(
+        self, jobs: Iterable[tuple[str, Mapping[str, Any] | None]]
+    ) -> tuple[list[Job], dict[str, list[bytes]]]:
+        made: list[Job] = []
+        by_name: dict[str, list[bytes]] = {}
+        for name, args in jobs:
+            job, payload = self._new_job(name, args)
+            made.append(job)
+            by_name.setdefault(name, []).append(payload)
+        return made, by_name
+
+    def _new_job(self, name: str, args: Mapping[str, Any] | None) -> tuple[Job, bytes]:
+        """A fresh job and its bytes; encoding raises InvalidJobArguments naming the bad value."""
+        try:
+            validate_job_name(name)
+        except ValueError as err:
+            raise InvalidJobArguments(str(err)) from None
+        if args is not None and not isinstance(args, Mapping):
+            raise InvalidJobArguments(
+                f"job {name!r}: args must be a mapping of names to values, got {type(args).__name__}"
+            )
+        job = Job(
+            name=name, id=make_identifier(), t=int(self.clock()),
+            args=None if args is None else dict(args),
+        )
+        return job, job.to_json()
+
+    def _new_unique_job(
+        self, name: str, args: Mapping[str, Any] | None, key_map: Mapping[str, Any] | None
+    ) -> tuple[Job, bytes]:
+        job, _ = self._new_job(name, args)
+        job.unique = True
+        if key_map is None:
+            job.unique_key = self.keys.unique(name, job.args)
+            return job, b"1"
+        job.unique_key = self.keys.unique(name, dict(key_map))
+        return job, job.to_json()
+
+    def _needs_known(self, name: str) -> bool:
+        now = time.monotonic()
+        if self.known_jobs.get(name, 0.0) > now:
+            return False
+        self.known_jobs[name] = now + KNOWN_JOBS_CACHE_SECONDS
+        return True
+
+
+class Enqueuer(JobMaker):
     """Puts jobs into a namespace's queues; safe to share within a process, not across fork."""
 
     def __init__(
         self, namespace: str, redis_client: redis.Redis, *, clock: Callable[[], float] = time.time
     ) -> None:
-        self.keys = Keys(namespace)
+        super().__init__(namespace, clock)
         self.store = QueueStore(redis_client, self.keys)
-        self.clock = clock
-        # name -> monotonic expiry of the cached SADD (gocraft keeps the same per Enqueuer)
-        self.known_jobs: dict[str, float] = {}
 
     # --- gocraft's API ----------------------------------------------------------------------
     def enqueue(self, name: str, args: Mapping[str, Any] | None = None) -> Job:
@@ -88,47 +140,7 @@ class Enqueuer:
     # --- ours --------------------------------------------------------------------------------
     def enqueue_many(self, jobs: Iterable[tuple[str, Mapping[str, Any] | None]]) -> list[Job]:
         """Enqueue a batch in one round trip; every job is validated before anything is written."""
-        made: list[Job] = []
-        by_name: dict[str, list[bytes]] = {}
-        for name, args in jobs:
-            job, payload = self._new_job(name, args)
-            made.append(job)
-            by_name.setdefault(name, []).append(payload)
+        made, by_name = self._new_many(jobs)
         if made:
             self.store.push_many(by_name, [n for n in by_name if self._needs_known(n)])
         return made
-
-    # --- internals -----------------------------------------------------------------------------
-    def _new_job(self, name: str, args: Mapping[str, Any] | None) -> tuple[Job, bytes]:
-        """A fresh job and its bytes; encoding raises InvalidJobArguments naming the bad value."""
-        try:
-            validate_job_name(name)
-        except ValueError as err:
-            raise InvalidJobArguments(str(err)) from None
-        if args is not None and not isinstance(args, Mapping):
-            raise InvalidJobArguments(
-                f"job {name!r}: args must be a mapping of names to values, got {type(args).__name__}"
-            )
-        job = Job(
-            name=name, id=make_identifier(), t=int(self.clock()),
-            args=None if args is None else dict(args),
-        )
-        return job, job.to_json()
-
-    def _new_unique_job(
-        self, name: str, args: Mapping[str, Any] | None, key_map: Mapping[str, Any] | None
-    ) -> tuple[Job, bytes]:
-        job, _ = self._new_job(name, args)
-        job.unique = True
-        if key_map is None:
-            job.unique_key = self.keys.unique(name, job.args)
-            return job, b"1"
-        job.unique_key = self.keys.unique(name, dict(key_map))
-        return job, job.to_json()
-
-    def _needs_known(self, name: str) -> bool:
-        now = time.monotonic()
-        if self.known_jobs.get(name, 0.0) > now:
-            return False
-        self.known_jobs[name] = now + KNOWN_JOBS_CACHE_SECONDS
-        return True

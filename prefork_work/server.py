@@ -24,6 +24,7 @@ from prefork_work.config import Config, load_config
 from prefork_work.connection import redis_from_url
 from prefork_work.embedded import EmbeddedRedis
 from prefork_work.errors import ConfigError, PreforkWorkError, RedisUnavailable
+from prefork_work.inflight import ISOLATE, ConcurrentWorker
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
 from prefork_work.loops.heartbeater import Heartbeater, PoolInfo, hostname
@@ -93,12 +94,31 @@ def reimport_app(spec: str) -> App:
 
 
 @dataclass(slots=True)
-class ChildRecord:
-    pool_id: str
+class SlotRecord:
+    """What the master last wrote to Redis for one job slot (one gocraft worker id)."""
+
     worker_id: str
-    started_at: int
     observed: str | None = None  # the slot label last written as an observation
     checkin: bytes = b""  # the check-in (time and message) last written for that job
+
+
+@dataclass(slots=True)
+class ChildRecord:
+    """One child: one gocraft pool of concurrency jobs_per_child, a worker id per slot."""
+
+    pool_id: str
+    worker_ids: list[str]
+    started_at: int
+    slots: list[SlotRecord]
+
+    @classmethod
+    def new(cls, jobs_per_child: int) -> ChildRecord:
+        ids = [make_identifier() for _ in range(max(1, jobs_per_child))]
+        return cls(make_identifier(), ids, int(time.time()), [SlotRecord(i) for i in ids])
+
+    @property
+    def worker_id(self) -> str:
+        return self.worker_ids[0]
 
 
 def hard_timeout_of(job_type: JobType | None, grace: float) -> float | None:
@@ -124,23 +144,36 @@ class ScoreboardObserver:
     # were already observed, or were too long to be decoded from the slot anyway)
     ROOM_FOR_RAW = 4096
 
-    def __init__(self, ctx: ChildContext, grace: float) -> None:
+    def __init__(self, ctx: ChildContext, grace: float, slot: int | None = None) -> None:
         self.ctx = ctx
         self.grace = grace
         self.raw = b""
+        # None: the child's one slot, through ctx.job() (signals may interrupt the job);
+        # a number: that sub-slot of a child running several jobs at once, written directly
+        self.slot = ctx.slot if slot is None else ctx.slots[slot]
+        self.shared = slot is not None
+        self.room = min(self.ROOM_FOR_RAW, self.slot.extra_max // 2)
 
     @contextlib.contextmanager
     def observe(self, job: Job, job_type: JobType) -> Iterator[None]:
         limit = hard_timeout_of(job_type, self.grace)
         self.raw = job.raw or b""
-        with self.ctx.job(f"{job.id} {job.name}",
-                          deadline=time.monotonic() + limit if limit else None, extra=self.raw):
+        label = f"{job.id} {job.name}"
+        deadline = time.monotonic() + limit if limit else None
+        if self.shared:
+            self.slot.begin(label, deadline, self.raw)
+            try:
+                yield
+            finally:
+                self.slot.end()
+            return
+        with self.ctx.job(label, deadline=deadline, extra=self.raw):
             yield
 
     def checkin(self, job: Job, message: str) -> None:
-        raw = self.raw if len(self.raw) <= self.ROOM_FOR_RAW else b""
-        self.ctx.slot.note(raw + b"\0" + str(int(time.time())).encode() + b"\0"
-                           + message.encode("utf-8", "replace"))
+        raw = self.raw if len(self.raw) <= self.room else b""
+        self.slot.note(raw + b"\0" + str(int(time.time())).encode() + b"\0"
+                       + message.encode("utf-8", "replace"))
 
 
 class MasterWatch:
@@ -234,18 +267,22 @@ class WorkServer:
 
     # --- supervisor hooks: master side ---------------------------------------------------------
     def prepare_child(self, child: Child) -> None:
-        child.data["record"] = ChildRecord(make_identifier(), make_identifier(), int(time.time()))
+        child.data["record"] = ChildRecord.new(len(child.slots))
 
     def child_exited(self, child: Child, info: ExitInfo) -> None:
         record: ChildRecord = child.data["record"]
         now = time.time()
-        state = child.slot.read()
+        states = [s.read() for s in child.slots]
+        busy = [s for s in states if s.busy]
+        state = busy[0] if len(busy) == 1 else states[0]
         running_requeued = False
         try:
-            if state.busy and not info.clean:
+            if len(busy) > 1 and not info.clean:
+                self._settle_shared_jobs(record, busy, info, now)
+            elif state.busy and not info.clean:
                 running_requeued = self._settle_running_job(record, state.label, info, now)
             moved = self.reaper.reclaim_pool(record.pool_id, now, names=self.app.job_types)
-            self.heartbeater.remove(record.pool_id, [record.worker_id])
+            self.heartbeater.remove(record.pool_id, record.worker_ids)
         except PreforkWorkError as err:
             # The pool keeps its lists and heartbeat; the reaper takes it once it is stale.
             log.error("could not reclaim a dead child's jobs", pool_id=record.pool_id, error=str(err))
@@ -275,6 +312,38 @@ class WorkServer:
             MetricsStore(self.redis, self.keys).count_outcome(name, outcome)
         except PreforkWorkError as err:
             log.warning("could not count a job's outcome", job_name=name, error=str(err))
+
+    def _settle_shared_jobs(self, record: ChildRecord, busy: list[Any], info: ExitInfo,
+                            now: float) -> None:
+        """A child died with several jobs in flight.
+
+        Stops (shutdown timeout, interrupt) are no job's fault: reclaim_pool requeues them
+        all. At a hard timeout the late jobs fail and the others are requeued uncounted. Any
+        other death cannot be pinned on one of them: none is charged a crash; each goes back
+        to its queue marked to run alone, where a crash counts."""
+        if info.cause in ("shutdown timeout", "interrupted"):
+            return
+        labels = [s.label for s in busy]
+        if info.cause == "hard timeout":
+            mono = time.monotonic()
+            for s in busy:
+                if s.deadline is not None and mono >= s.deadline:
+                    job_id, _, name = s.label.partition(" ")
+                    self._fail_hard_timeout(record.pool_id, name, job_id, now)
+            return
+        isolated = 0
+        for label in labels:
+            job_id, _, name = label.partition(" ")
+            found = self.pools.in_progress_job(record.pool_id, name, job_id)
+            if found is None:
+                continue
+            raw, job = found
+            job.extra[ISOLATE] = True
+            if self.pools.mark_in_progress(record.pool_id, name, raw, job.to_json()):
+                isolated += 1  # reclaim_pool puts it back in its queue with the others
+        log.warning("a child died with several jobs in flight; each is retried alone before "
+                    "a crash counts against it", pool_id=record.pool_id, jobs=isolated,
+                    cause=info.describe())
 
     def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> bool:
         """Judge the job a child died running; True when it goes back to its queue as it was."""
@@ -322,13 +391,16 @@ class WorkServer:
             ("redis.cluster", self.config.redis.cluster, config.redis.cluster),
             ("server.namespace", self.config.server.namespace, config.server.namespace),
             ("server.state_dir", self.config.server.state_dir, config.server.state_dir),
+            ("server.jobs_per_child", self.config.server.jobs_per_child,
+             config.server.jobs_per_child),
         ) if old != new]
         if fixed:  # children of both generations must share one Redis and namespace
             log.warning("changed settings need a restart, not a reload; keeping the old values",
                         settings=fixed)
             config = replace(config, redis=self.config.redis, server=replace(
                 config.server, namespace=self.config.server.namespace,
-                state_dir=self.config.server.state_dir))
+                state_dir=self.config.server.state_dir,
+                jobs_per_child=self.config.server.jobs_per_child))
         self.config = config
         if self.supervisor is not None:
             self.supervisor.configure(**supervisor_settings(config))
@@ -338,7 +410,7 @@ class WorkServer:
 
     def status_line(self) -> str:
         children = self.supervisor.children if self.supervisor else []
-        busy = sum(1 for c in children if c.slot.read().busy)
+        busy = sum(c.busy_slots() for c in children)
         return f"[{self.config.server.namespace}] {len(children)} children, {busy} busy"
 
     def tasks(self) -> list[PeriodicTask]:
@@ -390,6 +462,14 @@ class WorkServer:
                 # than die and send the master into crash-loop backoff over an outage
                 outage.wait(err)
         ctx.ready()
+        if isinstance(worker, ConcurrentWorker):
+            # INT/QUIT only set a flag here: the worker requeues every job in flight and returns
+            worker.work(until=lambda: (ctx.stop_requested and not ctx.interrupted)
+                        or not ctx.master_alive(),
+                        quiet=MasterWatch(ctx, MASTER_SILENCE), max_jobs=ctx.max_jobs)
+            if worker.requeued_in_flight:
+                return 0  # a fast stop requeued jobs in flight: not a clean stop, no exit hooks
+            return self._child_stopped()
         try:
             worker.work(until=lambda: ctx.stop_requested or not ctx.master_alive(),
                         quiet=MasterWatch(ctx, MASTER_SILENCE), max_jobs=ctx.max_jobs)
@@ -418,6 +498,22 @@ class WorkServer:
                                 cluster=self.config.redis.cluster, settings=self.config.redis)
         Heartbeater(PoolStore(client, self.keys), list, host=self.host).beat_one(
             self._pool_info(os.getpid(), record), time.time())
+        jobs_per_child = len(ctx.slots)
+        if jobs_per_child > 1 or self.app.has_async:
+            grace = self.config.server.hard_timeout_grace
+            return ConcurrentWorker(
+                self.app, client, self.config.server.namespace,
+                lifecycle_hooks=False,  # child_main runs them, as for Worker
+                jobs_per_child=jobs_per_child, pool_id=record.pool_id,
+                worker_ids=record.worker_ids,
+                observers=[ScoreboardObserver(ctx, grace, i) for i in range(jobs_per_child)],
+                interrupted=lambda: ctx.interrupted,
+                main_thread_job=lambda job: _main_thread_job(ctx, job),
+                requeue_exceptions=(Interrupted,),
+                max_payload_bytes=self.config.server.max_payload_bytes,
+                metrics=self.config.server.metrics, status_ttl=self.config.server.status_ttl,
+                host=self.host,
+            )
         return Worker(
             self.app, client, self.config.server.namespace,
             lifecycle_hooks=False,  # child_main runs them: start before ready, exit after
@@ -456,7 +552,8 @@ class WorkServer:
         return {r.pool_id for r in self._records()}
 
     def _pool_info(self, pid: int, record: ChildRecord) -> PoolInfo:
-        return PoolInfo(record.pool_id, pid, [record.worker_id], sorted(self.app.job_types), 1,
+        return PoolInfo(record.pool_id, pid, list(record.worker_ids), sorted(self.app.job_types),
+                        len(record.worker_ids),
                         record.started_at,
                         {"master_pid": str(os.getpid() if pid != os.getpid() else os.getppid()),
                          "master_id": self.master_id})
@@ -472,28 +569,42 @@ class WorkServer:
         checkins: list[tuple[str, str, int]] = []
         idle: list[str] = []
         for child in self.supervisor.children if self.supervisor else []:
-            record: ChildRecord | None = child.data.get("record")
-            if record is None:
+            child_record: ChildRecord | None = child.data.get("record")
+            if child_record is None:
                 continue
-            state = child.slot.read()
-            if state.busy:
-                raw, _, checkin = state.extra.partition(b"\0")
-                if state.label != record.observed:
-                    job_id, _, name = state.label.partition(" ")
-                    started.append((record.worker_id, name, job_id, int(state.started_at),
-                                    _observation_args(raw)))
-                    record.observed = state.label
-                    record.checkin = b""
-                if checkin and checkin != record.checkin:  # written when it changes, as Go's
-                    at, _, message = checkin.partition(b"\0")
-                    checkins.append((record.worker_id, message.decode("utf-8", "replace"),
-                                     int(at) if at.isdigit() else int(now)))
-                    record.checkin = checkin
-            elif record.observed is not None:
-                idle.append(record.worker_id)
-                record.observed = None
+            for slot, record in zip(child.slots, child_record.slots, strict=False):
+                state = slot.read()
+                if state.busy:
+                    raw, _, checkin = state.extra.partition(b"\0")
+                    if state.label != record.observed:
+                        job_id, _, name = state.label.partition(" ")
+                        started.append((record.worker_id, name, job_id, int(state.started_at),
+                                        _observation_args(raw)))
+                        record.observed = state.label
+                        record.checkin = b""
+                    if checkin and checkin != record.checkin:  # written when it changes, as Go's
+                        at, _, message = checkin.partition(b"\0")
+                        checkins.append((record.worker_id, message.decode("utf-8", "replace"),
+                                         int(at) if at.isdigit() else int(now)))
+                        record.checkin = checkin
+                elif record.observed is not None:
+                    idle.append(record.worker_id)
+                    record.observed = None
         if started or checkins or idle:
             self.pools.write_observations(started, checkins, idle)
+
+
+@contextlib.contextmanager
+def _main_thread_job(ctx: ChildContext, job: Job) -> Iterator[None]:
+    """A job run alone on a concurrent child's main thread: INT/QUIT raise Interrupted and the
+    hard-timeout signal HardTimeout inside it, as in a child running one job at a time."""
+    ctx.current_label = f"{job.id} {job.name}"
+    ctx.in_job = True
+    try:
+        yield
+    finally:
+        ctx.in_job = False
+        ctx.current_label = ""
 
 
 def _observation_args(raw: bytes) -> str:
@@ -531,7 +642,8 @@ def run(config: Config, app: App) -> int:
         if embedded is not None:
             embedded.stop()
         raise
-    supervisor = Supervisor(server, title="prefork-work", **supervisor_settings(config))
+    supervisor = Supervisor(server, title="prefork-work", jobs_per_child=config.server.jobs_per_child,
+                            **supervisor_settings(config))
     server.supervisor = supervisor
     if web is not None:
         server.web = web

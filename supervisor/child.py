@@ -46,11 +46,12 @@ class ChildContext:
     def __init__(
         self, index: int, generation: int, slot: Slot, data: dict[str, Any],
         status_fd: int, master_pid: int, title: str, max_jobs: int | None = None,
-        liveness: Liveness | None = None,
+        liveness: Liveness | None = None, slots: list[Slot] | None = None,
     ) -> None:
         self.index = index
         self.generation = generation
         self.slot = slot
+        self.slots = slots or [slot]  # one per job the child may run at once
         self.data = data
         self.status_fd = status_fd
         self.master_pid = master_pid
@@ -65,6 +66,7 @@ class ChildContext:
         self.liveness = liveness
         self.current_label = ""  # the job inside job(), for whoever logs an interruption
         self.interrupted_label = ""  # the job a fast stop (INT/QUIT) interrupted
+        self.interrupted = False  # a fast stop (INT/QUIT) was asked for
         self.master_unresponsive = False  # set by the child's main while it waits (title)
 
     def master_alive(self) -> bool:
@@ -107,6 +109,7 @@ class ChildContext:
 
     def _on_interrupt(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+        self.interrupted = True
         if self.in_job:
             self.interrupted_label = self.current_label
             raise Interrupted()
@@ -181,7 +184,15 @@ def _title_loop(ctx: ChildContext) -> None:
     last = ""
     while True:
         state = ctx.slot.read()
-        if state.busy:
+        if len(ctx.slots) > 1:
+            busy = sum(1 for s in ctx.slots if s.read().busy)
+            if busy:
+                title = f"{ctx.title} child {ctx.index} busy {busy}/{len(ctx.slots)}"
+            elif ctx.quiet:
+                title = f"{ctx.title} child {ctx.index} quiet"
+            else:
+                title = f"{ctx.title} child {ctx.index} idle 0/{len(ctx.slots)}"
+        elif state.busy:
             name = state.label.partition(" ")[2] or state.label
             title = f"{ctx.title} child {ctx.index} busy {name} {time.monotonic() - state.started_mono:.1f}s"
         elif ctx.quiet:

@@ -70,6 +70,8 @@ class Child:
     generation: int
     slot_number: int
     slot: Slot
+    # one sub-slot per job the child may run at once (jobs_per_child); slots[0] is slot
+    slots: list[Slot] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     pid: int = 0
     started_mono: float = 0.0
@@ -84,6 +86,16 @@ class Child:
     timeout_label: str | None = None
     timeout_sent: float = 0.0
     born_over_memory: bool = False  # over the limit at its first check: recycling cannot help
+
+    def __post_init__(self) -> None:
+        if not self.slots:
+            self.slots = [self.slot]
+
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.read().busy)
+
+    def jobs_done(self) -> int:
+        return sum(s.read().jobs_done for s in self.slots)
 
 
 class Supervisor:
@@ -100,6 +112,7 @@ class Supervisor:
         max_jobs_jitter: float = 0.1,
         memory_check_interval: float = 5.0,
         notify: bool = True,
+        jobs_per_child: int = 1,
     ) -> None:
         self.app = app
         self.target = max(1, concurrency)
@@ -110,6 +123,8 @@ class Supervisor:
         self.max_jobs = max_jobs_per_child
         self.max_jobs_jitter = max_jobs_jitter
         self.memory_check_interval = memory_check_interval
+        # fixed for the life of the master: the scoreboard is laid out for it before any fork
+        self.jobs_per_child = jobs_per_child
         self.notifier = Notifier(notify)
         self.children: list[Child] = []
         self.generation = 0
@@ -155,7 +170,7 @@ class Supervisor:
         return EX_OK
 
     def _setup(self) -> None:
-        self.scoreboard = Scoreboard(MAX_SLOTS)
+        self.scoreboard = Scoreboard(MAX_SLOTS, self.jobs_per_child)
         self.scoreboard.liveness.stamp()
         self.free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -229,8 +244,10 @@ class Supervisor:
             return None
         number = self.free_slots.pop()
         index = self._free_index()
-        child = Child(index, self.generation, number, self.scoreboard.slot(number))
-        child.slot.reset()
+        slots = self.scoreboard.slots(number)
+        child = Child(index, self.generation, number, slots[0], slots)
+        for slot in slots:
+            slot.reset()
         if self.max_jobs:
             child.max_jobs = int(self.max_jobs * (1 + random.uniform(0, self.max_jobs_jitter)))
         try:
@@ -246,7 +263,8 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:  # the child
                 ctx = ChildContext(index, self.generation, child.slot, child.data, write_fd,
-                                   self.pid, self.title, child.max_jobs, self.scoreboard.liveness)
+                                   self.pid, self.title, child.max_jobs, self.scoreboard.liveness,
+                                   slots=child.slots)
                 siblings = [c.pipe_fd for c in self.children if c.pipe_fd >= 0]
                 run_child(ctx, self.app.child_main, HANDLED,
                           [read_fd, self.wake_r, self.wake_w, *siblings])
@@ -343,7 +361,7 @@ class Supervisor:
         self.free_slots.append(child.slot_number)
         now = time.monotonic()
         lifetime = now - child.started_mono
-        busy = child.slot.read().busy  # before the slot is reused; child_exited reads it too
+        busy = child.busy_slots() > 0  # before the slot is reused; child_exited reads it too
         expected = child.state in ("retiring", "stopping") or self.stopping is not None
         log_fn = log.info if expected and (info.clean or info.cause) else log.warning
         log_fn("child exited", index=child.index, pid=child.pid, cause=info.cause or info.describe(),
@@ -510,6 +528,9 @@ class Supervisor:
 
     def _enforce_timeouts(self, now: float) -> None:
         for child in self.children:
+            if len(child.slots) > 1:
+                self._enforce_timeouts_shared(child, now)
+                continue
             state = child.slot.read()
             if not state.busy or state.deadline is None or now < state.deadline:
                 child.timeout_label = None
@@ -526,6 +547,22 @@ class Supervisor:
                           job=state.label)
                 self._signal(child, signal.SIGKILL)
 
+    def _enforce_timeouts_shared(self, child: Child, now: float) -> None:
+        """A child running several jobs at once cannot interrupt one of them (a thread cannot
+        be interrupted, and a signal would hit whichever job the main thread runs): a job past
+        its hard timeout recycles the whole child at once. The application judges the jobs
+        (child_exited): the late ones failed, the others go back to their queues uncounted."""
+        if child.kill_cause is not None:
+            return
+        for slot in child.slots:
+            state = slot.read()
+            if state.busy and state.deadline is not None and now >= state.deadline:
+                child.kill_cause = "hard timeout"
+                log.error("hard timeout; killing the child", index=child.index, pid=child.pid,
+                          job=state.label, in_flight=child.busy_slots())
+                self._signal(child, signal.SIGKILL)
+                return
+
     def _recycle(self, now: float) -> None:
         if self.stopping or self.reloading or any(c.state == "retiring" for c in self.children):
             return  # at most one child recycling at a time
@@ -536,7 +573,7 @@ class Supervisor:
             if not child.ready:
                 continue
             reason = None
-            if child.max_jobs and child.slot.read().jobs_done >= child.max_jobs:
+            if child.max_jobs and child.jobs_done() >= child.max_jobs:
                 reason = "max jobs"
             elif check_memory:
                 try:

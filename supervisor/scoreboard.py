@@ -15,11 +15,15 @@ from dataclasses import dataclass
 
 SLOT_SIZE = 8192
 MAX_SLOTS = 256
+# A child running several jobs at once (jobs_per_child > 1) has one sub-slot per job in
+# flight, each smaller: 256 children x 1000 sub-slots x 2 KiB is 512 MiB of address space,
+# of which only the pages of live sub-slots are ever touched (an anonymous mapping).
+SUB_SLOT_SIZE = 2048
+MAX_SUB_SLOTS = 1000
 _HEADER = struct.Struct("<QQdddQII")  # seq, busy, started_at, started_mono, deadline, done, lens
 _LABEL_AT = 64
 _LABEL_MAX = 256
 _EXTRA_AT = _LABEL_AT + _LABEL_MAX
-_EXTRA_MAX = SLOT_SIZE - _EXTRA_AT
 _SEQ = struct.Struct("<Q")
 _STAMP = struct.Struct("<Qd")  # seq, monotonic time
 _TIME = struct.Struct("<d")
@@ -44,28 +48,40 @@ class SlotState:
 
 
 class Scoreboard:
-    """The shared mapping; ``slot(n)`` gives a reader/writer for slot n, ``liveness`` the
-    master's sign of life (after the slots)."""
+    """The shared mapping; ``slot(n)`` gives a reader/writer for slot n, ``slots(n)`` its
+    ``per_child`` sub-slots (one per job a child may run at once; ``slot(n)`` is the first),
+    ``liveness`` the master's sign of life (after the slots)."""
 
-    def __init__(self, slots: int = MAX_SLOTS) -> None:
+    def __init__(self, slots: int = MAX_SLOTS, per_child: int = 1) -> None:
+        if not 1 <= per_child <= MAX_SUB_SLOTS:
+            raise ValueError(f"per_child must be 1 to {MAX_SUB_SLOTS}, not {per_child}")
         self.size = slots
-        self.memory = mmap.mmap(-1, slots * SLOT_SIZE + _LIVENESS_SIZE, flags=mmap.MAP_SHARED)
-        self.liveness = Liveness(self.memory, slots * SLOT_SIZE)
+        self.per_child = per_child
+        self.slot_size = SLOT_SIZE if per_child == 1 else SUB_SLOT_SIZE
+        self.stride = per_child * self.slot_size
+        self.memory = mmap.mmap(-1, slots * self.stride + _LIVENESS_SIZE, flags=mmap.MAP_SHARED)
+        self.liveness = Liveness(self.memory, slots * self.stride)
 
     def slot(self, number: int) -> Slot:
+        return self.slots(number)[0]
+
+    def slots(self, number: int) -> list[Slot]:
         if not 0 <= number < self.size:
             raise IndexError(f"scoreboard has {self.size} slots, not {number + 1}")
-        return Slot(self.memory, number * SLOT_SIZE)
+        base = number * self.stride
+        return [Slot(self.memory, base + i * self.slot_size, self.slot_size)
+                for i in range(self.per_child)]
 
 
 class Slot:
-    __slots__ = ("memory", "base", "seq", "done")
+    __slots__ = ("memory", "base", "seq", "done", "extra_max")
 
-    def __init__(self, memory: mmap.mmap, base: int) -> None:
+    def __init__(self, memory: mmap.mmap, base: int, size: int = SLOT_SIZE) -> None:
         self.memory = memory
         self.base = base
         self.seq = 0
         self.done = 0
+        self.extra_max = size - _EXTRA_AT  # the most bytes of extra this slot holds
 
     # --- child side (the only writer) ------------------------------------------------------
     def reset(self) -> None:
@@ -74,7 +90,7 @@ class Slot:
 
     def begin(self, label: str, deadline: float | None, extra: bytes = b"") -> None:
         label_bytes = label.encode("utf-8", "replace")[:_LABEL_MAX]
-        extra = extra[:_EXTRA_MAX]
+        extra = extra[:self.extra_max]
         memory, base = self.memory, self.base
         self.seq += 1
         _SEQ.pack_into(memory, base, self.seq)
@@ -86,7 +102,7 @@ class Slot:
 
     def note(self, extra: bytes) -> None:
         """Replace the extra blob of the running job (e.g. a check-in)."""
-        extra = extra[:_EXTRA_MAX]
+        extra = extra[:self.extra_max]
         memory, base = self.memory, self.base
         self.seq += 1
         _SEQ.pack_into(memory, base, self.seq)

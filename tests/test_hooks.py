@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import textwrap
+import time
 
 import pytest
 from app_server import AppServer
@@ -13,6 +14,7 @@ from conftest import wait_until
 from prefork_work.app import App, HookFailed
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.errors import ConfigError
+from prefork_work.inflight import ConcurrentWorker
 from prefork_work.worker import Worker
 
 NS = "hooks"
@@ -195,6 +197,33 @@ def test_failing_child_start_hook_fails_the_child_and_fetches_nothing(app_server
     assert srv.events("child_exit") == []
 
 
+def test_hooks_in_children_running_several_jobs_at_once(app_server, r) -> None:
+    """jobs_per_child > 1 (ConcurrentWorker): start hooks before the first job, exit hooks on
+    a clean stop (TERM), none in a child stopped fast (INT) with jobs in flight."""
+    srv = app_server(jobs_per_child=3).start()
+    wait_until(lambda: len(srv.events("child_start")) == 2, 10, message="two child starts")
+    job = Enqueuer(NS, r).enqueue("record", {})
+    wait_until(lambda: srv.events("job"), 10, message="the job ran")
+    starts = set(pids(srv.events("child_start")))
+    assert srv.events("job")[0]["pid"] in starts and srv.events("job")[0]["id"] == job.id
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(20) == 0
+    assert set(pids(srv.events("child_exit"))) == starts
+    assert [e["event"] for e in srv.records()][-1] == "shutdown"
+
+
+def test_fast_stop_of_a_child_running_several_jobs_runs_no_exit_hook(app_server, r) -> None:
+    srv = app_server(jobs_per_child=3, concurrency=1).start()
+    wait_until(lambda: srv.events("child_start"), 10, message="a child start")
+    Enqueuer(NS, r).enqueue("sleep", {"s": 30})  # in the child's thread pool
+    wait_until(lambda: srv.events("job"), 10, message="a busy child")
+    srv.signal(signal.SIGINT)
+    assert srv.wait(20) == 0
+    assert srv.events("child_exit") == []
+    assert r.llen(f"{NS}:jobs:sleep") == 1  # requeued by the fast stop
+    assert [e["event"] for e in srv.records()][-1] == "shutdown"
+
+
 # --- in process ------------------------------------------------------------------------------
 def make_app(calls: list[str], fail: str = "") -> App:
     app = App()
@@ -233,6 +262,35 @@ def test_worker_whose_child_start_hook_fails_fetches_nothing(r) -> None:
         Worker(app, r, "w").work(until=lambda: True)
     assert calls == ["child_start"]
     assert r.lrange("w:jobs:noop", 0, -1) == [job.to_json()]
+
+
+def test_concurrent_worker_work_runs_the_child_hooks_around_its_jobs(r) -> None:
+    calls: list[str] = []
+    app = make_app(calls)
+    Enqueuer("w", r).enqueue("noop", {})
+    worker = ConcurrentWorker(app, r, "w", jobs_per_child=3, idle_waits=(0.01,))
+    worker.work(until=lambda: "job" in calls)
+    assert calls == ["child_start", "job", "child_exit"]
+    calls.clear()
+    Enqueuer("w", r).enqueue("noop", {})
+    worker = ConcurrentWorker(app, r, "w", jobs_per_child=3, idle_waits=(0.01,))
+    assert worker.drain() == 1 and calls == ["job"]  # drain() runs no hooks
+    calls.clear()
+    idle = ConcurrentWorker(app, r, "w", jobs_per_child=3, idle_waits=(0.01,),
+                            interrupted=lambda: True)
+    idle.work()  # interrupted with nothing in flight: a clean stop
+    assert calls == ["child_start", "child_exit"]
+    calls.clear()
+    app.register("slow", lambda job: (calls.append("slow"), time.sleep(0.3)))
+    Enqueuer("w", r).enqueue("slow", {})
+    busy = ConcurrentWorker(app, r, "w", jobs_per_child=3, idle_waits=(0.01,),
+                            interrupted=lambda: "slow" in calls)
+    busy.work()  # interrupted with a job in flight (requeued): no exit hooks
+    assert calls == ["child_start", "slow"]
+    assert r.llen("w:jobs:slow") == 1
+    with pytest.raises(HookFailed, match="on_child_start hook"):
+        ConcurrentWorker(make_app(calls, fail="child_start"), r, "w", jobs_per_child=3).work(
+            until=lambda: True)
 
 
 def test_exit_hooks_all_run_when_one_fails(capsys) -> None:

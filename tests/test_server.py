@@ -402,13 +402,15 @@ def test_hup_reloads_job_code(server, r, tmp_path) -> None:
 def test_hup_keeps_settings_that_need_a_restart(server, r) -> None:
     srv = server().start()
     old = {c.pid for c in srv.children()}
-    text = srv.config.read_text().replace('namespace = "srv"', 'namespace = "{other}"')
+    text = srv.config.read_text().replace('namespace = "srv"',
+                                          'namespace = "{other}"\njobs_per_child = 4')
     text = re.sub(r'^url = .*$', 'url = "redis://127.0.0.1:1/0"\ncluster = true', text, flags=re.M)
     srv.config.write_text(text)
     srv.signal(signal.SIGHUP)
     wait_until(lambda: not (old & {c.pid for c in srv.children()}) and len(srv.children()) == 2, 20)
     warning = next(line for line in srv.log.read_text().splitlines() if "need a restart" in line)
-    assert all(key in warning for key in ("redis.url", "redis.cluster", "server.namespace"))
+    assert all(key in warning for key in ("redis.url", "redis.cluster", "server.namespace",
+                                          "server.jobs_per_child"))
     enqueue(r, "record")  # the new generation still serves the old namespace, on the old client
     wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
 

@@ -183,9 +183,10 @@ for g = 1, groups do
     if len < n then n = len end
     local cap = tonumber(redis.call('GET', KEYS[base + 6]))
     if cap and cap > 0 then
-      -- as gocraft: a missing or non-numeric lock counts as room
-      local lock = tonumber(redis.call('GET', KEYS[base + 4]))
-      if lock and cap - lock < n then n = cap - lock end
+      -- as gocraft: a missing or non-numeric lock counts as room, i.e. as 0 held (not as
+      -- no cap: a batch of several jobs would then go past max_concurrency)
+      local lock = tonumber(redis.call('GET', KEYS[base + 4])) or 0
+      if cap - lock < n then n = cap - lock end
     end
     if n > 0 then
       local jobs = {}

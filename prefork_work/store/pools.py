@@ -168,6 +168,12 @@ class PoolStore(RedisStore):
         return bool(self.run_script("settle_in_progress", keys, [pool_id, raw, score, payload]))
 
     @translate_errors
+    def mark_in_progress(self, pool_id: str, name: str, raw: bytes, payload: bytes) -> bool:
+        """Rewrite one entry of a pool's in-progress list (before reclaim_pool requeues it)."""
+        return bool(self.run_script("mark_in_progress", [self.keys.in_progress(name, pool_id)],
+                                    [raw, payload]))
+
+    @translate_errors
     def recompute_locks(self, name: str, pools: Iterable[str]) -> int:
         known = {k.decode() for k in self.redis.hkeys(self.keys.lock_info(name))}
         ids = sorted(set(pools) | known)
