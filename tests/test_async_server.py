@@ -65,6 +65,15 @@ APP = textwrap.dedent('''
         await asyncio.sleep(0.05)
         os._exit(3)
 
+    BALLAST = []
+
+    @app.job("hog")
+    async def hog(job):
+        BALLAST.append(bytearray(job.args["mb"] * 1024 * 1024))  # kept: the child stays big
+        record(job, phase="start")
+        await asyncio.sleep(job.args["s"])
+        record(job, phase="end")
+
     @app.job("block")
     def block(job):
         record(job, phase="start")
@@ -290,3 +299,19 @@ def test_pause_stops_new_fetches_and_max_jobs_recycles_after_in_flight(server, r
     ends = srv.records("end")
     assert len(ends) == 4 and {rec["pid"] for rec in ends} == {child}
     assert not in_progress(r)
+
+
+def test_memory_limit_recycles_only_after_the_jobs_in_flight(server, r) -> None:
+    # the master checks RSS every 5 s: jobs of 6.5 s are still in flight at the first check
+    # after the hog grew the child, and must all finish in it, none failed or requeued
+    srv = server(jobs_per_child=4, max_memory_per_child=80)
+    (child,) = srv.children()
+    Enqueuer(NS, r).enqueue_many([("hog", {"mb": 200, "s": 6.5})] + [("wait", {"s": 6.5})] * 3)
+    wait_until(lambda: len(srv.records("start")) == 4, 10, 0.05, "the four jobs started")
+    wait_until(lambda: child not in srv.children() and len(srv.children()) == 1, 20, 0.05,
+               "the child recycled")
+    ends = srv.records("end")
+    assert len(ends) == 4 and {rec["pid"] for rec in ends} == {child}
+    assert len(srv.records("start")) == 4  # nothing ran twice
+    assert not in_progress(r) and r.zcard(K.retry()) == 0 and r.zcard(K.dead()) == 0
+    assert "recycling child" in srv.log.read_text()
