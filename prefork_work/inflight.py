@@ -27,7 +27,6 @@ alone next time, so only a job that kills a process by itself is counted (``max_
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -40,8 +39,6 @@ from prefork_work.errors import JobTimeout, RedisUnavailable
 from prefork_work.job import Job
 from prefork_work.store.queue import Ack
 from prefork_work.worker import (
-    DURATION_BUCKETS,
-    FIRST_BUCKET,
     REDIS_RETRY_WAITS,
     STRAY_JOB_ERROR,
     Observer,
@@ -333,17 +330,6 @@ class ConcurrentWorker(Worker):
             self.jobs_done += 1
             if self.metrics:
                 self._time(start.queue, self.timer() - began)
-
-    def _time(self, queue: str, seconds: float) -> None:
-        """The job's duration in the histogram sent with the next fetch (Worker._process_next)."""
-        counts = self.histogram.get(queue)
-        if counts is None:
-            counts = self.histogram[queue] = [0] * (len(DURATION_BUCKETS) + 2)
-        if seconds <= FIRST_BUCKET:
-            counts[0] += 1
-        else:
-            counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-        counts[-1] += seconds
 
     async def _interrupt(self) -> None:
         """A fast stop: every job in flight and every unstarted one goes back to its queue."""

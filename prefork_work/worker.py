@@ -422,15 +422,7 @@ class Worker:
         self.jobs_done += 1
         seconds = self.timer() - started
         if self.metrics:
-            counts = self.histogram.get(queue)
-            if counts is None:
-                counts = self.histogram[queue] = [0] * (len(DURATION_BUCKETS) + 2)
-            # most jobs are fast: one comparison instead of a search
-            if seconds <= FIRST_BUCKET:
-                counts[0] += 1
-            else:
-                counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-            counts[-1] += seconds
+            self._time(queue, seconds)
         self._adapt_batch(seconds)
         if seconds > SIGMASK_CHECK_AFTER or not self.buffer:
             self._restore_sigmask()
@@ -447,6 +439,18 @@ class Worker:
                     self._count(f"duration:{queue}:{bucket}", int(n))
             self._count(f"duration_sum:{queue}", int(counts[-1] * 1_000_000))
         self.histogram = {}
+
+    def _time(self, queue: str, seconds: float) -> None:
+        """A job's duration into the histogram sent with the next fetch call."""
+        counts = self.histogram.get(queue)
+        if counts is None:
+            counts = self.histogram[queue] = [0] * (len(DURATION_BUCKETS) + 2)
+        # most jobs are fast: one comparison instead of a search
+        if seconds <= FIRST_BUCKET:
+            counts[0] += 1
+        else:
+            counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
 
     def _adapt_batch(self, seconds: float) -> None:
         self.avg_job_seconds = 0.8 * self.avg_job_seconds + 0.2 * seconds

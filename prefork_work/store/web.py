@@ -15,30 +15,6 @@ MINUTE_SNAPSHOT_TTL = 2 * 3600  # the overview shows one hour; keep a margin
 
 class WebStore(AdminStore):
     @translate_errors
-    def queue_switches(self, names: Sequence[str]) -> list[tuple[bool, int, int]]:
-        """(paused, max_concurrency, running) of each queue, one pipelined round trip.
-
-        ``running`` is gocraft's lock counter (jobs of that name being run right now);
-        a missing or garbled value reads as 0, as the fetch script treats it."""
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(self.keys.paused(name))
-            pipe.get(self.keys.max_concurrency(name))
-            pipe.get(self.keys.lock(name))
-        replies = pipe.execute()
-        return [(bool(replies[3 * i]), _int(replies[3 * i + 1]), _int(replies[3 * i + 2]))
-                for i in range(len(names))]
-
-    @translate_errors
-    def zset_sizes(self) -> tuple[int, int, int]:
-        """ZCARD of scheduled, retry and dead: O(1) each."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key in (self.keys.scheduled(), self.keys.retry(), self.keys.dead()):
-            pipe.zcard(key)
-        scheduled, retry, dead = pipe.execute()
-        return int(scheduled), int(retry), int(dead)
-
-    @translate_errors
     def find_queued_entry(self, name: str, needle: bytes, match: Callable[[bytes], bool]) -> bytes | None:
         """The oldest entry of ``name``'s queue that contains ``needle`` (a cheap byte test)
         and satisfies ``match`` (the decoded check). O(queue length): for an operator's explicit delete, never a page."""
@@ -74,9 +50,3 @@ class WebStore(AdminStore):
         values: list[bytes | None] = self.redis.mget([self.keys.web_minute(m) for m in minutes])
         return values
 
-
-def _int(value: bytes | None) -> int:
-    try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        return 0

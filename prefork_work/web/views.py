@@ -65,7 +65,7 @@ class Views:
     def queues_detail(self) -> list[dict[str, Any]]:
         """gocraft's queue fields plus paused, max_concurrency (0: none) and running."""
         queues = self.client.queues()
-        switches = self.store.queue_switches([q.job_name for q in queues])
+        switches = self.store.queue_controls([q.job_name for q in queues])
         return [
             {**asdict(q), "paused": paused, "max_concurrency": cap, "running": running}
             for q, (paused, cap, running) in zip(queues, switches, strict=True)
