@@ -24,6 +24,7 @@ import psutil
 import structlog
 
 from prefork_work.job import make_identifier
+from prefork_work.outcome import settle_in_progress
 from prefork_work.store.pools import PoolStore
 
 log = structlog.get_logger("prefork_work.reaper")
@@ -115,17 +116,14 @@ class DeadPoolReaper:
         job that crashed before is worth watching.
         """
         count = self.store.count_crash(job_id)
-        found = self.store.in_progress_job(pool_id, job_name, job_id) if count >= max_crashes else None
-        if found is None:
+        if count < max_crashes:
             return "requeued"
-        raw, job = found
-        job.fails += 1
-        job.err = f"worker died: {reason} ({count} times)"
-        job.failed_at = int(now)
-        if not self.store.settle_in_progress(pool_id, job_name, raw, True, int(now), job.to_json()):
+        outcome = settle_in_progress(self.store, pool_id, job_name, job_id, None,
+                                     f"worker died: {reason} ({count} times)", now,
+                                     cause="poison job", poison=True)
+        if outcome is None:
             return "requeued"
         self.store.forget_crashes(job_id)
-        log.error("poison job moved to dead", job_id=job_id, job_name=job_name, error=job.err)
         return "dead"
 
     def repair_locks(self, names: Iterable[str], lists: dict[str, set[str]] | None = None) -> None:

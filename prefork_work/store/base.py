@@ -22,6 +22,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException
 
 from prefork_work.errors import ConfigError, RedisUnavailable
 from prefork_work.keys import Keys, has_hash_tag
+from prefork_work.outcome import Outcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -112,7 +113,7 @@ class RedisStore:
         dead = self.keys.dead()
         for member, payload, target in moves:
             keys.append(target)
-            args += [member, payload, "d" if target == dead else "q"]
+            args += [member, payload, Outcome.DEAD if target == dead else Outcome.REQUEUE]
         moved, *rejected = self.run_script("move_due", keys, args)
         if refused is not None:
             refused.extend(int(i) - 1 for i in rejected)

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from prefork_work.outcome import Outcome
 from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, redis_errors, translate_errors
 
 OBSERVATION_TTL_SECONDS = 86400
 
-Outcome = Literal["s", "r", "d", "x", "q"]
+# outcomes whose ack carries "<score> <payload>" (a tuple of members: no enum lookup per job)
+_SCORED = (Outcome.RETRY, Outcome.DEAD)
 
 
 @dataclass(slots=True)
 class Ack:
     """The fate of one fetched job, sent back with the next fetch.
 
-    ``group`` is the job's queue as a group number of the fetch that will carry the ack
-    (filled in by :meth:`QueueStore.fetch`); ``score``/``payload`` only for retry and dead.
+    ``name`` is the queue it was fetched from; ``score``/``payload`` only for retry and dead.
     """
 
     name: str
@@ -136,7 +136,7 @@ class QueueStore(RedisStore):
         args: list[bytes | str | int] = [pool_id, want, max_payload_bytes,
                                          max_batch_bytes or 2**53, len(acks)]
         for ack in acks:
-            extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
+            extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in _SCORED else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
         args.extend((now, status_ttl, 1 if count else 0, len(statuses)))
         for index, job_id, record in statuses:
