@@ -1,5 +1,6 @@
 """prefork_work/outcome.py: the one rule for failing a job, and every path that uses it
-(handler error, stray job, hard-timeout kill, poison job, malformed payloads)."""
+(handler error, stray job, hard-timeout kill, poison job, malformed payloads), plus the one
+heartbeat parser (store/pools.py) as the reaper and the Client read it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 import prefork_work.outcome as outcome_module
 from prefork_work.app import App, JobType
+from prefork_work.client import Client
 from prefork_work.errors import InvalidJobArguments, MalformedJob
 from prefork_work.job import Job
 from prefork_work.keys import Keys
@@ -16,7 +18,7 @@ from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
 from prefork_work.outcome import Outcome, malformed_error, settle, settle_in_progress
 from prefork_work.server import WorkServer
-from prefork_work.store.pools import PoolStore
+from prefork_work.store.pools import PoolStore, parse_heartbeat, parse_int
 from prefork_work.worker import Worker
 
 NS = "work"
@@ -217,3 +219,47 @@ def test_malformed_error_texts() -> None:
     assert malformed_error(InvalidJobArguments("deep"), "job failed (e) and ") == (
         "job failed (e) and deep")
     assert malformed_error(ValueError("v" * 100)) == f"malformed job: ValueError: {'v' * 64}..."
+
+
+# --- heartbeats: one parser, untrusted integers --------------------------------------------------
+@pytest.mark.parametrize("text,value", [
+    ("42", 42), ("-5", -5), ("+7", 7), (str(2**63 - 1), 2**63 - 1), (None, None), ("", None),
+    ("12x", None), (" 5", None), ("1_000", None), ("1.5", None), ("\u0663", None),
+    (str(2**63), None), ("9" * 400, None),
+])
+def test_heartbeat_integers_as_go_parses_them(text, value) -> None:
+    assert parse_int(text) == value
+
+
+BAD_BEAT = {"heartbeat_at": "soon", "started_at": "1_0", "concurrency": "x", "pid": "12 ",
+            "host": "h", "job_names": "wat,", "worker_ids": "w1"}
+
+
+def test_parse_heartbeat_bad_integers_are_missing() -> None:
+    beat = parse_heartbeat("p", BAD_BEAT)
+    assert (beat.heartbeat_at, beat.started_at, beat.concurrency, beat.pid) == (None,) * 4
+    assert (beat.job_names, beat.names(), beat.workers()) == (["wat", ""], {"wat"}, ["w1"])
+
+
+def test_reaper_reads_bad_integers_as_no_heartbeat(r) -> None:
+    r.sadd(K.worker_pools(), POOL)
+    r.hset(K.heartbeat(POOL), mapping=BAD_BEAT)
+    in_progress(r, fresh().to_json())
+    reaper = DeadPoolReaper(PoolStore(r, K), ["wat"], dead_after=15)
+    assert reaper.tick(NOW) == 0  # no parsable heartbeat: first seen now, not yet dead
+    assert reaper.reap_local_orphans("h", NOW, pid_alive=lambda pid: False) == 0  # no pid
+    assert reaper.tick(NOW + 15) == 1
+    assert r.lrange(K.jobs("wat"), 0, -1) == [fresh().to_json()]
+
+
+def test_client_reads_bad_integers_as_zero(r) -> None:
+    r.sadd(K.worker_pools(), POOL)
+    r.hset(K.heartbeat(POOL), mapping=BAD_BEAT)
+    r.hset(K.worker_observation("w1"), mapping={"job_name": "wat", "started_at": "then",
+                                                "checkin_at": "1e3"})
+    client = Client(NS, r)
+    (beat,) = client.worker_pool_heartbeats()
+    assert (beat.heartbeat_at, beat.started_at, beat.concurrency, beat.pid) == (0, 0, 0, 0)
+    assert (beat.host, beat.job_names, beat.worker_ids) == ("h", ["", "wat"], ["w1"])
+    (seen,) = client.worker_observations()
+    assert (seen.job_name, seen.started_at, seen.checkin_at) == ("wat", 0, 0)

@@ -69,8 +69,8 @@ class DeadPoolReaper:
             beat = beats[pool_id]
             if not self._is_dead(pool_id, beat.heartbeat_at, now):
                 continue
-            names = lists.get(pool_id, set()) | set(beat.job_names)
-            moved = self._reclaim(pool_id, names, beat.worker_ids)
+            names = lists.get(pool_id, set()) | beat.names()
+            moved = self._reclaim(pool_id, names, beat.workers())
             if moved:
                 log.info("reclaimed a dead pool's jobs", pool_id=pool_id, jobs=moved,
                          heartbeat_at=beat.heartbeat_at)
@@ -86,7 +86,7 @@ class DeadPoolReaper:
         Logs nothing: the caller knows why the pool died and says so in one line."""
         if names is None:
             names = self.store.in_progress_lists(pool_id).get(pool_id, set())
-        worker_ids = self.store.heartbeats([pool_id])[pool_id].worker_ids
+        worker_ids = self.store.heartbeats([pool_id])[pool_id].workers()
         return self._reclaim(pool_id, set(names) | set(self.job_names()), worker_ids)
 
     def reap_local_orphans(
@@ -99,7 +99,7 @@ class DeadPoolReaper:
         for pool_id, beat in self.store.heartbeats(candidates).items():
             if beat.host == host and beat.pid and not pid_alive(beat.pid):
                 names = self.store.in_progress_lists(pool_id).get(pool_id, set())
-                moved = self._reclaim(pool_id, names | set(beat.job_names), beat.worker_ids)
+                moved = self._reclaim(pool_id, names | beat.names(), beat.workers())
                 if moved:
                     log.info("reclaimed a dead pool's jobs", pool_id=pool_id, jobs=moved,
                              reason="its process on this host is gone", pid=beat.pid)
