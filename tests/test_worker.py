@@ -889,3 +889,19 @@ def test_success_is_logged_at_debug_with_its_duration(r) -> None:
     assert line["log_level"] == "debug"
     assert (line["job_id"], line["job_name"]) == (job.id, "wat")
     assert 0.01 <= line["duration"] < 5
+
+
+def test_jobs_given_back_wake_at_most_the_wake_cap(r, monkeypatch) -> None:
+    # the cap is store/base.py's WAKE_TOKENS_MAX, passed to fetch.lua (not written in it)
+    import prefork_work.store.queue as queue_module
+
+    monkeypatch.setattr(queue_module, "WAKE_TOKENS_MAX", 3)
+    app = App()
+    app.register("wat", lambda job: None)
+    Enqueuer(NS, r).enqueue_many([("wat", {"i": i}) for i in range(5)])
+    worker = make_worker(r, app)
+    worker.batch_size = 5
+    worker._refill()
+    r.delete(K.wake())
+    worker.close()
+    assert r.llen(K.jobs("wat")) == 5 and r.llen(K.wake()) == 3

@@ -134,7 +134,7 @@ class QueueStore(RedisStore):
             keys.extend(group_keys[name])
             group_of[name] = number
         args: list[bytes | str | int] = [pool_id, want, max_payload_bytes,
-                                         max_batch_bytes or 2**53, len(acks)]
+                                         max_batch_bytes or 2**53, WAKE_TOKENS_MAX, len(acks)]
         for ack in acks:
             extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in _SCORED else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
