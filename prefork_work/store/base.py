@@ -56,6 +56,15 @@ def translate_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def check_cluster_namespace(cluster: bool, keys: Keys) -> None:
+    """With Redis Cluster, the namespace must put every key of it in one slot."""
+    if cluster and not has_hash_tag(keys.namespace):
+        raise ConfigError(
+            f"namespace {keys.namespace!r}: with Redis Cluster every key of a namespace must "
+            "be in one slot; use a hash tag, e.g. '{" + keys.namespace + "}'"
+        )
+
+
 @functools.cache
 def lua_source(name: str) -> str:
     return resources.files("prefork_work").joinpath("lua", f"{name}.lua").read_text("utf-8")
@@ -65,11 +74,7 @@ class RedisStore:
     """A Redis client, the namespace's keys and the scripts it runs."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        if isinstance(client, RedisCluster) and not has_hash_tag(keys.namespace):
-            raise ConfigError(
-                f"namespace {keys.namespace!r}: with Redis Cluster every key of a namespace must "
-                "be in one slot; use a hash tag, e.g. '{" + keys.namespace + "}'"
-            )
+        check_cluster_namespace(isinstance(client, RedisCluster), keys)
         self.redis = client
         self.keys = keys
         self._held: tuple[int, Any] | None = None  # (pid, connection) of run_script_held

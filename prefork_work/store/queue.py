@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from prefork_work.keys import Keys
 from prefork_work.outcome import Outcome
 from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, redis_errors, translate_errors
 
@@ -72,13 +73,8 @@ class QueueStore(RedisStore):
     ) -> bool:
         """gocraft's unique enqueue: True when enqueued, False for a duplicate."""
         self.redis.sadd(self.keys.known_jobs(), name)
-        if run_at is None:
-            keys = [self.keys.jobs(name), unique_key, self.keys.wake()]
-            args: list[bytes | int] = [payload, stored, WAKE_TOKENS_MAX]
-        else:
-            keys = [self.keys.scheduled(), unique_key, self.keys.wake()]
-            args = [payload, stored, WAKE_TOKENS_MAX, run_at]
-        return self.run_script("enqueue_unique", keys, args) == b"ok"
+        return self.run_script("enqueue_unique", *unique_call(
+            self.keys, name, unique_key, payload, stored, run_at)) == b"ok"
 
     # --- worker ---------------------------------------------------------------------------
     def fetch_keys(self, pool_id: str, name: str) -> list[str]:
@@ -215,3 +211,11 @@ class QueueStore(RedisStore):
         pipe.sadd(self.keys.known_jobs(), *caps)
         pipe.execute()
 
+
+def unique_call(keys: Keys, name: str, unique_key: str, payload: bytes, stored: bytes,
+                run_at: int | None) -> tuple[list[str], list[bytes | int]]:
+    """KEYS and ARGV of ``lua/enqueue_unique.lua`` (the sync and the asyncio store's)."""
+    if run_at is None:
+        return [keys.jobs(name), unique_key, keys.wake()], [payload, stored, WAKE_TOKENS_MAX]
+    return ([keys.scheduled(), unique_key, keys.wake()],
+            [payload, stored, WAKE_TOKENS_MAX, run_at])
