@@ -78,7 +78,7 @@ def settle(
     retry after the backoff while fails < max_fails, else dropped with skip_dead, else dead.
 
     A job of no registered type (``job_type`` None) and a ``poison`` job (it killed its
-    process ``max_crashes`` times: kept to be looked at) go to dead. A job whose arguments
+    process ``max_crashes`` times: kept to be looked at, and logged as an error) go to dead. A job whose arguments
     cannot be written back goes to dead undamaged, in a :func:`malformed` wrapper.
     """
     job.fails += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import types
 
 import pytest
+import structlog.testing
 
 import prefork_work.outcome as outcome_module
 from prefork_work.app import App, JobType
@@ -188,6 +189,27 @@ def test_settle_in_progress_of_a_job_no_longer_there(r) -> None:
     assert settle_in_progress(PoolStore(r, K), POOL, "wat", "jid", job_type(), "boom", NOW,
                               cause="test") is None
     assert r.zcard(K.retry()) == r.zcard(K.dead()) == 0
+    # found, but gone (requeued by a reaper) before the script took it: no outcome to count
+    raced = types.SimpleNamespace(in_progress_job=lambda *a: (b"raw", fresh()),
+                                  settle_in_progress=lambda *a: False)
+    assert settle_in_progress(raced, POOL, "wat", "jid", job_type(), "boom", NOW,  # type: ignore[arg-type]
+                              cause="test") is None
+
+
+def test_the_verdict_is_logged_once_and_a_poison_job_as_an_error(r) -> None:
+    with structlog.testing.capture_logs() as logs:
+        by_crash(r, fresh().to_json(), "worker died: SIGKILL (1 times)")
+    (line,) = logs
+    assert (line["event"], line["log_level"]) == ("poison job; moved to dead", "error")
+    assert (line["job_id"], line["job_name"], line["fails"]) == ("jid", "wat", 1)
+    assert line["error"] == "worker died: SIGKILL (1 times)"
+    r.flushdb()
+    with structlog.testing.capture_logs() as logs:
+        by_hard_timeout(r, fresh().to_json(), "hard timeout after 2s", max_fails=2)
+    (line,) = logs
+    assert (line["event"], line["log_level"]) == (
+        "job killed at its hard timeout; will retry", "warning")
+    assert (line["error"], line["fails"]) == ("hard timeout after 2s", 1) and line["retry_in"] > 0
 
 
 # --- the malformed-payload wrapper ---------------------------------------------------------------
