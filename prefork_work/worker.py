@@ -565,9 +565,7 @@ class Worker:
     ) -> Ack:
         """The job failed (its handler raised, or it has none): outcome.settle decides."""
         text = error if isinstance(error, str) else failure_text(error)
-        cause = "job failed" if job_type is not None else "stray job"
-        verdict = settle(job, job_type, text, now, name=queue, raw=raw, cause=cause,
-                         logger=self.log)
+        verdict = settle(job, job_type, text, now, name=queue, raw=raw, logger=self.log)
         return Ack(queue, raw, verdict.outcome, verdict.score, verdict.payload)
 
     def _malformed(self, queue: str, raw: bytes, err: Exception, now: int) -> Ack:
