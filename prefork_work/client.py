@@ -23,6 +23,7 @@ from prefork_work.errors import MalformedJob, NotDeleted, NotRetried
 from prefork_work.job import Job
 from prefork_work.keys import Keys
 from prefork_work.store.admin import AdminStore
+from prefork_work.store.pools import parse_heartbeat, parse_int
 
 if TYPE_CHECKING:
     import redis
@@ -392,21 +393,22 @@ class Client:
 
 
 def _int(fields: dict[str, str], name: str) -> int:
-    value = fields.get(name, "")
-    return int(value) if value else 0
-
-
-def _split(value: str | None) -> list[str] | None:
-    return None if value is None else sorted(value.split(","))
+    """An integer field of a hash any process may write: 0 when missing or not an integer."""
+    return parse_int(fields.get(name)) or 0
 
 
 def _heartbeat(pool_id: str, fields: dict[str, str]) -> WorkerPoolHeartbeat:
+    beat = parse_heartbeat(pool_id, fields)
     return WorkerPoolHeartbeat(
-        worker_pool_id=pool_id, started_at=_int(fields, "started_at"),
-        heartbeat_at=_int(fields, "heartbeat_at"), job_names=_split(fields.get("job_names")),
-        concurrency=_int(fields, "concurrency"), host=fields.get("host", ""),
-        pid=_int(fields, "pid"), worker_ids=_split(fields.get("worker_ids")),
+        worker_pool_id=pool_id, started_at=beat.started_at or 0,
+        heartbeat_at=beat.heartbeat_at or 0, job_names=_sorted(beat.job_names),
+        concurrency=beat.concurrency or 0, host=beat.host, pid=beat.pid or 0,
+        worker_ids=_sorted(beat.worker_ids),
     )
+
+
+def _sorted(values: list[str] | None) -> list[str] | None:
+    return None if values is None else sorted(values)
 
 
 def _observation(worker_id: str, fields: dict[str, str]) -> WorkerObservation:

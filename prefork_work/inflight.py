@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any
 from prefork_work.app import App, JobType, is_async_callable
 from prefork_work.errors import JobTimeout, RedisUnavailable
 from prefork_work.job import Job
+from prefork_work.outcome import STRAY_JOB_ERROR
 from prefork_work.store.queue import Ack
 from prefork_work.worker import (
     REDIS_RETRY_WAITS,
-    STRAY_JOB_ERROR,
+    REQUEUE,
+    SUCCESS,
     Observer,
     RedisObserver,
     Worker,
@@ -122,32 +124,12 @@ class ConcurrentWorker(Worker):
         self._async_middlewares = [m for m in app.middlewares if is_async_callable(m)]
 
     # --- public loop API ----------------------------------------------------------------------
-    def work(
-        self,
-        until: Callable[[], bool] | None = None,
-        quiet: Callable[[], bool] | None = None,
-        max_jobs: int | None = None,
-    ) -> None:
-        """As ``Worker.work``; on stop every job in flight finishes first (SIGTERM's drain);
-        on ``interrupted()`` (INT/QUIT) they all go back to the front of their queues.
-
-        With ``lifecycle_hooks`` (the default), as ``Worker.work``: the app's
-        ``on_child_start`` hooks before the first fetch (one raising stops ``work()`` with
-        ``HookFailed``), its ``on_child_exit`` hooks after a clean stop (not after an
-        interrupt that requeued jobs in flight; with none, it is a clean stop); ``drain()``
-        runs none."""
-        if self.lifecycle_hooks:
-            self.app.run_hooks("child_start")
-        self._work(until, quiet, max_jobs)
-        if self.lifecycle_hooks and not self.requeued_in_flight:
-            self.app.run_hooks("child_exit")
-
-    def _work(
-        self,
-        until: Callable[[], bool] | None,
-        quiet: Callable[[], bool] | None,
-        max_jobs: int | None,
-    ) -> None:
+    def _work(self, until: Callable[[], bool] | None, quiet: Callable[[], bool] | None,
+              max_jobs: int | None) -> bool:
+        """``Worker.work``'s loop: on stop every job in flight finishes first (SIGTERM's
+        drain); on ``interrupted()`` (INT/QUIT) they all go back to the front of their
+        queues, which is not a clean stop (no ``on_child_exit`` hooks) unless none was in
+        flight."""
         loop = new_event_loop()
         try:
             loop.run_until_complete(self._main(until, quiet, max_jobs))
@@ -158,6 +140,7 @@ class ConcurrentWorker(Worker):
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
             self.close()
+        return not self.requeued_in_flight
 
     def drain(self) -> int:
         """Run jobs until a fetch finds none and nothing is in flight; returns how many ran."""
@@ -342,7 +325,7 @@ class ConcurrentWorker(Worker):
         if tasks:  # let them see their cancellation (threads run on; the process exits)
             await asyncio.wait(tasks, timeout=0.1)
         self.in_flight.clear()
-        self.acks.extend(Ack(queue, raw, "q") for queue, raw in reversed(held))
+        self.acks.extend(Ack(queue, raw, REQUEUE) for queue, raw in reversed(held))
         self.log.info("interrupted; the jobs in flight go back to their queues", jobs=len(held))
         try:
             self._give_back()
@@ -352,16 +335,9 @@ class ConcurrentWorker(Worker):
         self.statuses = []  # their acks are gone with them
         self.stop_requested = True
 
-    def _recover(self) -> None:
+    def _held(self) -> set[bytes]:
         # jobs in flight are held too: recovery must not put a running job back in its queue
-        held = {raw for _, raw in self.buffer} | {a.raw for a in self.acks} | {
-            raw for _, raw in self.in_flight.values()}
-        lists = self.store.in_progress(self.pool_id, self.job_names)
-        for queue, entries in lists.items():
-            for raw in entries:
-                if raw not in held:
-                    self.acks.append(Ack(queue, raw, "q"))
-        self.needs_recovery = False
+        return super()._held() | {raw for _, raw in self.in_flight.values()}
 
     # --- running one job ------------------------------------------------------------------------
     async def _execute_async(self, slot: int, start: _Start,
@@ -385,7 +361,7 @@ class ConcurrentWorker(Worker):
         except Exception as err:  # noqa: BLE001
             return self._malformed(queue, raw, err, now), None
         if job_type is None:
-            return self._dead(queue, raw, job, STRAY_JOB_ERROR, now), None
+            return self._failed(queue, raw, job, None, STRAY_JOB_ERROR, now), None
         if job.extra:
             job.extra.pop(ISOLATE, None)  # it runs alone now; a retry of it need not
         observer = self.observers[slot]
@@ -397,7 +373,7 @@ class ConcurrentWorker(Worker):
             if self.log_success:
                 self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
                                duration=round(self.timer() - began, 6))
-            ack = Ack(queue, raw, "s")
+            ack = Ack(queue, raw, SUCCESS)
         else:
             ack = self._failed(queue, raw, job, job_type, error, int(self.clock()))
         if not job_type.status:

@@ -31,12 +31,13 @@ from prefork_work.loops.heartbeater import Heartbeater, PoolInfo, hostname
 from prefork_work.loops.periodic import PeriodicEnqueuer
 from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
+from prefork_work.outcome import Outcome, settle_in_progress
 from prefork_work.safepath import prepare_imports
 from prefork_work.store.metrics import MetricsStore
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
 from prefork_work.web_process import WebProcess
-from prefork_work.worker import OutageWait, Worker, default_backoff, observation_args
+from prefork_work.worker import OutageWait, Worker, observation_args
 from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask, Supervisor
 
 log = structlog.get_logger("prefork_work.server")
@@ -305,7 +306,7 @@ class WorkServer:
         except PreforkWorkError as err:
             log.warning("could not count a child's death", error=str(err))
 
-    def _count_outcome(self, name: str, outcome: str) -> None:
+    def _count_outcome(self, name: str, outcome: Outcome) -> None:
         if not self.config.server.metrics:
             return
         try:
@@ -356,7 +357,7 @@ class WorkServer:
         verdict = self.reaper.record_crash(record.pool_id, name, job_id, info.describe(),
                                            self.config.server.max_crashes, now)
         if verdict == "dead":
-            self._count_outcome(name, "d")
+            self._count_outcome(name, Outcome.DEAD)
         log.warning("a job's process died under it", job_id=job_id, job_name=name,
                     cause=info.describe(), verdict=verdict)
         return verdict == "requeued"
@@ -364,21 +365,11 @@ class WorkServer:
     def _fail_hard_timeout(self, pool_id: str, name: str, job_id: str, now: float) -> None:
         job_type = self.app.job_types.get(name)
         limit = hard_timeout_of(job_type, self.config.server.hard_timeout_grace)
-        found = self.pools.in_progress_job(pool_id, name, job_id)
-        if found is None:
-            return
-        raw, job = found
-        job.fails += 1
-        job.err = f"hard timeout after {limit:g}s" if limit else "hard timeout"
-        job.failed_at = int(now)
-        retry = job_type is not None and job_type.max_fails - job.fails > 0
-        drop = job_type is not None and not retry and job_type.skip_dead
-        backoff = (job_type.backoff or default_backoff)(job) if retry and job_type else 0
-        if self.pools.settle_in_progress(pool_id, name, raw, not retry, int(now) + int(backoff),
-                                         b"" if drop else job.to_json()):
-            self._count_outcome(name, "r" if retry else "x" if drop else "d")
-        log.warning("job killed at its hard timeout", job_id=job_id, job_name=name,
-                    error=job.err, retry=retry)
+        error = f"hard timeout after {limit:g}s" if limit else "hard timeout"
+        outcome = settle_in_progress(self.pools, pool_id, name, job_id, job_type, error, now,
+                                     cause="job killed at its hard timeout")
+        if outcome is not None:
+            self._count_outcome(name, outcome)
 
     def reload(self) -> None:
         if self.config.path is None:

@@ -28,16 +28,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from prefork_work.app import App, JobType
-from prefork_work.errors import (
-    InvalidJobArguments,
-    JobTimeout,
-    MalformedJob,
-    PreforkWorkError,
-    RedisUnavailable,
-    truncate,
-)
+from prefork_work.errors import InvalidJobArguments, JobTimeout, MalformedJob, RedisUnavailable
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
+from prefork_work.outcome import (
+    STATES,
+    STRAY_JOB_ERROR,
+    Outcome,
+    failure_text,
+    malformed,
+    settle,
+)
 from prefork_work.store.queue import Ack, QueueStore
 
 if TYPE_CHECKING:
@@ -45,12 +46,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("prefork_work.worker")
 
-STRAY_JOB_ERROR = "stray job: no handler"
 DEFAULT_STATUS_TTL = 86400
 # upper bounds (seconds) of the job duration histogram: prometheus_client's defaults
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FIRST_BUCKET = DURATION_BUCKETS[0]
-STATES = {"s": "done", "r": "retry", "d": "dead", "x": "dead"}
+# the outcomes of the per-job path as module constants: no enum attribute lookup per job
+SUCCESS, RETRY, DEAD, DROPPED, REQUEUE = (Outcome.SUCCESS, Outcome.RETRY, Outcome.DEAD,
+                                          Outcome.DROPPED, Outcome.REQUEUE)
 DEFAULT_IDLE_WAITS = (0.05, 0.25, 1.0)  # blocking waits on the wake list, not sleeps
 # How long after a lost fetch reply the worker keeps checking its in-progress lists for jobs
 # a late copy of that call fetched: TCP gives up retransmitting after about 15 minutes.
@@ -105,11 +107,6 @@ def observation_args(job: Job) -> str:
         return dumps(job.args)
     except InvalidJobArguments:  # decoded, yet not re-encodable (e.g. nested very deep)
         return ""
-
-
-def default_backoff(job: Job) -> int:
-    """gocraft's backoff: fails^4 + 15 + R * (fails + 1) seconds, R uniform in 0..29."""
-    return job.fails**4 + 15 + random.randrange(30) * (job.fails + 1)
 
 
 class OutageWait:
@@ -289,6 +286,13 @@ class Worker:
         """
         if self.lifecycle_hooks:
             self.app.run_hooks("child_start")
+        clean = self._work(until, quiet, max_jobs)
+        if self.lifecycle_hooks and clean:  # not reached when a requeue exception ends it
+            self.app.run_hooks("child_exit")
+
+    def _work(self, until: Callable[[], bool] | None, quiet: Callable[[], bool] | None,
+              max_jobs: int | None) -> bool:
+        """The loop of ``work()``; True when it stopped cleanly (the exit hooks run)."""
         try:
             while not self.stop_requested and not (until and until()):
                 left = max_jobs - self.jobs_done if max_jobs else None
@@ -308,8 +312,7 @@ class Worker:
                     self.outage.wait(err)
         finally:
             self.close()
-        if self.lifecycle_hooks:  # not reached when a job's requeue exception ends work()
-            self.app.run_hooks("child_exit")
+        return True
 
     def request_stop(self) -> None:
         """Stop after the running job (callable from a signal handler: it only sets a flag)."""
@@ -377,18 +380,22 @@ class Worker:
         # comes back out in its original order.
         while self.buffer:
             queue, raw = self.buffer.pop()
-            self.acks.append(Ack(queue, raw, "q"))
+            self.acks.append(Ack(queue, raw, REQUEUE))
         self.flush()
 
     def _recover(self) -> None:
         """After a lost fetch reply: return jobs in our lists that we do not hold to their queues."""
-        held = {raw for _, raw in self.buffer} | {a.raw for a in self.acks}
+        held = self._held()
         lists = self.store.in_progress(self.pool_id, self.job_names)
         for queue, entries in lists.items():
             for raw in entries:
                 if raw not in held:
-                    self.acks.append(Ack(queue, raw, "q"))
+                    self.acks.append(Ack(queue, raw, REQUEUE))
         self.needs_recovery = False
+
+    def _held(self) -> set[bytes]:
+        """The fetched jobs this worker still holds: recovery leaves them where they are."""
+        return {raw for _, raw in self.buffer} | {a.raw for a in self.acks}
 
     def _wait_for_work(self) -> None:
         if self.suspect_until and time.monotonic() < self.suspect_until:
@@ -473,7 +480,7 @@ class Worker:
             return self._malformed(queue, raw, err, now)
         if job_type is None:
             # release exactly what the fetch took: the lock of the queue it came from
-            return self._dead(queue, raw, job, STRAY_JOB_ERROR, now)
+            return self._failed(queue, raw, job, None, STRAY_JOB_ERROR, now)
         job._checkin_hook = self.observer.checkin
         if job_type.status:
             return self._execute_recorded(queue, raw, job, job_type, now)
@@ -483,7 +490,7 @@ class Worker:
             if self.log_success:
                 self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
                                duration=round(self.timer() - started, 6))
-            return Ack(queue, raw, "s")
+            return Ack(queue, raw, SUCCESS)
         return self._failed(queue, raw, job, job_type, error, int(self.clock()))
 
     def _execute_recorded(self, queue: str, raw: bytes, job: Job, job_type: JobType,
@@ -498,7 +505,7 @@ class Worker:
             if self.log_success:
                 self.log.debug("job succeeded", job_id=job.id, job_name=job.name,
                                duration=round(duration, 6))
-            ack = Ack(queue, raw, "s")
+            ack = Ack(queue, raw, SUCCESS)
         else:
             ack = self._failed(queue, raw, job, job_type, error, int(self.clock()))
         record = self._status_record(job, ack, now, duration)
@@ -513,9 +520,9 @@ class Worker:
             "finished_at": int(self.clock()), "duration": round(duration, 6),
             "error": job.err, "pool_id": self.pool_id, "host": self.host,
         }
-        if ack.outcome in ("r", "d"):
+        if ack.outcome in (RETRY, DEAD):
             record["score"] = ack.score  # where to look in the retry / dead set
-        elif ack.outcome == "x":
+        elif ack.outcome == DROPPED:
             record["dropped"] = True  # dead, but in no set (skip_dead): the record is all
         return json.dumps(record, separators=(",", ":")).encode()
 
@@ -553,54 +560,17 @@ class Worker:
         return replacement
 
     def _failed(
-        self, queue: str, raw: bytes, job: Job, job_type: JobType, error: BaseException, now: int
+        self, queue: str, raw: bytes, job: Job, job_type: JobType | None, error: BaseException | str,
+        now: int,
     ) -> Ack:
-        job.fails += 1
-        job.err = str(error) or type(error).__name__
-        job.failed_at = now
-        log_ = self.log.bind(job_id=job.id, job_name=job.name, fails=job.fails)
-        try:
-            payload = job.to_json()
-        except InvalidJobArguments as err:
-            # decoded, yet its arguments cannot be written back (e.g. nested deeper than the
-            # encoder goes): keep it, undamaged, in dead rather than lose it or crash
-            log_.warning("job failed", error=job.err)
-            return self._malformed(queue, raw, err, now, f"job failed ({job.err}) and ")
-        if job_type.max_fails - job.fails > 0:
-            backoff = job_type.backoff(job) if job_type.backoff else default_backoff(job)
-            log_.warning("job failed; will retry", error=job.err, retry_in=backoff)
-            return Ack(queue, raw, "r", now + int(backoff), payload)
-        if job_type.skip_dead:
-            log_.warning("job failed; dropped (skip_dead)", error=job.err)
-            return Ack(queue, raw, "x")
-        log_.warning("job failed; moved to dead", error=job.err)
-        return Ack(queue, raw, "d", now, payload)
+        """The job failed (its handler raised, or it has none): outcome.settle decides."""
+        text = error if isinstance(error, str) else failure_text(error)
+        verdict = settle(job, job_type, text, now, name=queue, raw=raw, logger=self.log)
+        return Ack(queue, raw, verdict.outcome, verdict.score, verdict.payload)
 
-    def _dead(self, queue: str, raw: bytes, job: Job, error: str, now: int) -> Ack:
-        job.fails += 1
-        job.err = error
-        job.failed_at = now
-        try:
-            payload = job.to_json()
-        except InvalidJobArguments as err:  # a stray job whose args cannot be re-encoded
-            return self._malformed(queue, raw, err, now, f"{error}; ")
-        self.log.warning("job moved to dead", job_id=job.id, job_name=job.name, error=error)
-        return Ack(queue, raw, "d", now, payload)
-
-    def _malformed(self, queue: str, raw: bytes, err: Exception, now: int, context: str = "") -> Ack:
-        """An undecodable payload goes to dead wrapped in a valid job, so every client can
-        page, delete or inspect it (gocraft leaves it stuck in progress, W3)."""
-        if isinstance(err, PreforkWorkError):
-            error = context + str(err)
-        else:  # an unexpected failure: its type and a bounded excerpt, never the payload
-            error = f"{context}malformed job: {type(err).__name__}: {truncate(str(err))}"
-        text = raw.decode("utf-8", errors="replace")
-        wrapper = Job(name=queue, id=make_identifier(), t=now, args={"malformed_payload": text},
-                      fails=1, err=error, failed_at=now)
-        self.log.warning("malformed job moved to dead", queue=queue, job_id=wrapper.id,
-                         error=error)
-        return Ack(queue, raw, "d", now, wrapper.to_json())
-
+    def _malformed(self, queue: str, raw: bytes, err: Exception, now: int) -> Ack:
+        """An undecodable payload goes to dead wrapped in a valid job (outcome.malformed)."""
+        return Ack(queue, raw, DEAD, now, malformed(queue, raw, err, now, logger=self.log))
 
     # --- between jobs: the signal mask ------------------------------------------------------
     def _restore_sigmask(self) -> None:
@@ -676,7 +646,7 @@ class Worker:
                 return
             try:
                 self.store.fetch(self.pool_id, self.job_names, self.group_keys, 0,
-                                 [Ack(queue, raw, "q") for queue, raw in taken])
+                                 [Ack(queue, raw, REQUEUE) for queue, raw in taken])
             except Exception as err:  # noqa: BLE001 - never let this thread die silently
                 # Maybe released, maybe not: they are in our in-progress lists or back in
                 # their queues; the main thread's recovery settles which before its next fetch.

@@ -145,17 +145,17 @@ class PinnedRandom:
 
 def test_default_backoff_is_gocrafts_formula_exactly(r, monkeypatch) -> None:
     # gocraft: fails^4 + 15 + rand.Int63n(30) * (fails + 1), fails already counting this one
-    import prefork_work.worker as worker_module
+    import prefork_work.outcome as outcome_module
 
     pinned = PinnedRandom(7)
-    monkeypatch.setattr(worker_module, "random", pinned)
+    monkeypatch.setattr(outcome_module, "random", pinned)
     app = App()
     app.register("wat", lambda job: 1 / 0, max_fails=10)
     Enqueuer(NS, r).enqueue("wat")
     make_worker(r, app, clock=lambda: 1_700_000_000).run_one()
     (_, score), = r.zrange(K.retry(), 0, -1, withscores=True)
     assert score == 1_700_000_000 + 1 + 15 + 7 * 2
-    assert [worker_module.default_backoff(Job("wat", "x", 1, None, fails=f)) for f in (2, 3)] == [
+    assert [outcome_module.default_backoff(Job("wat", "x", 1, None, fails=f)) for f in (2, 3)] == [
         16 + 15 + 7 * 3, 81 + 15 + 7 * 4]
     assert pinned.ranges == [30, 30, 30]
 
@@ -889,3 +889,19 @@ def test_success_is_logged_at_debug_with_its_duration(r) -> None:
     assert line["log_level"] == "debug"
     assert (line["job_id"], line["job_name"]) == (job.id, "wat")
     assert 0.01 <= line["duration"] < 5
+
+
+def test_jobs_given_back_wake_at_most_the_wake_cap(r, monkeypatch) -> None:
+    # the cap is store/base.py's WAKE_TOKENS_MAX, passed to fetch.lua (not written in it)
+    import prefork_work.store.queue as queue_module
+
+    monkeypatch.setattr(queue_module, "WAKE_TOKENS_MAX", 3)
+    app = App()
+    app.register("wat", lambda job: None)
+    Enqueuer(NS, r).enqueue_many([("wat", {"i": i}) for i in range(5)])
+    worker = make_worker(r, app)
+    worker.batch_size = 5
+    worker._refill()
+    r.delete(K.wake())
+    worker.close()
+    assert r.llen(K.jobs("wat")) == 5 and r.llen(K.wake()) == 3

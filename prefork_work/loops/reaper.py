@@ -24,6 +24,7 @@ import psutil
 import structlog
 
 from prefork_work.job import make_identifier
+from prefork_work.outcome import settle_in_progress
 from prefork_work.store.pools import PoolStore
 
 log = structlog.get_logger("prefork_work.reaper")
@@ -68,8 +69,8 @@ class DeadPoolReaper:
             beat = beats[pool_id]
             if not self._is_dead(pool_id, beat.heartbeat_at, now):
                 continue
-            names = lists.get(pool_id, set()) | set(beat.job_names)
-            moved = self._reclaim(pool_id, names, beat.worker_ids)
+            names = lists.get(pool_id, set()) | beat.names()
+            moved = self._reclaim(pool_id, names, beat.workers())
             if moved:
                 log.info("reclaimed a dead pool's jobs", pool_id=pool_id, jobs=moved,
                          heartbeat_at=beat.heartbeat_at)
@@ -85,7 +86,7 @@ class DeadPoolReaper:
         Logs nothing: the caller knows why the pool died and says so in one line."""
         if names is None:
             names = self.store.in_progress_lists(pool_id).get(pool_id, set())
-        worker_ids = self.store.heartbeats([pool_id])[pool_id].worker_ids
+        worker_ids = self.store.heartbeats([pool_id])[pool_id].workers()
         return self._reclaim(pool_id, set(names) | set(self.job_names()), worker_ids)
 
     def reap_local_orphans(
@@ -98,7 +99,7 @@ class DeadPoolReaper:
         for pool_id, beat in self.store.heartbeats(candidates).items():
             if beat.host == host and beat.pid and not pid_alive(beat.pid):
                 names = self.store.in_progress_lists(pool_id).get(pool_id, set())
-                moved = self._reclaim(pool_id, names | set(beat.job_names), beat.worker_ids)
+                moved = self._reclaim(pool_id, names | beat.names(), beat.workers())
                 if moved:
                     log.info("reclaimed a dead pool's jobs", pool_id=pool_id, jobs=moved,
                              reason="its process on this host is gone", pid=beat.pid)
@@ -115,17 +116,14 @@ class DeadPoolReaper:
         job that crashed before is worth watching.
         """
         count = self.store.count_crash(job_id)
-        found = self.store.in_progress_job(pool_id, job_name, job_id) if count >= max_crashes else None
-        if found is None:
+        if count < max_crashes:
             return "requeued"
-        raw, job = found
-        job.fails += 1
-        job.err = f"worker died: {reason} ({count} times)"
-        job.failed_at = int(now)
-        if not self.store.settle_in_progress(pool_id, job_name, raw, True, int(now), job.to_json()):
+        outcome = settle_in_progress(self.store, pool_id, job_name, job_id, None,
+                                     f"worker died: {reason} ({count} times)", now,
+                                     cause="poison job", poison=True)
+        if outcome is None:
             return "requeued"
         self.store.forget_crashes(job_id)
-        log.error("poison job moved to dead", job_id=job_id, job_name=job_name, error=job.err)
         return "dead"
 
     def repair_locks(self, names: Iterable[str], lists: dict[str, set[str]] | None = None) -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import structlog
 
-from prefork_work.errors import MalformedJob, PreforkWorkError, RedisUnavailable, truncate
-from prefork_work.job import Job, make_identifier
+from prefork_work.errors import MalformedJob, RedisUnavailable, truncate
+from prefork_work.job import Job
+from prefork_work.outcome import malformed
 from prefork_work.store.pools import PoolStore
 
 log = structlog.get_logger("prefork_work.requeuer")
@@ -60,22 +61,13 @@ class Requeuer:
         except RedisUnavailable:
             raise
         except Exception as err:  # whatever the member holds, it must not stop the batch
-            if isinstance(err, MalformedJob):
-                error = str(err)
-            elif isinstance(err, PreforkWorkError):  # decoded, but cannot be written back
-                error = f"malformed job: {err}"
-            else:
-                error = f"malformed job: {type(err).__name__}: {truncate(str(err))}"
-            return member, self._wrap(member, now, error), keys.dead()
+            return member, self._wrap(member, now, err), keys.dead()
 
     def _wrong_type(self, queue_key: str) -> str:
         shown = truncate(queue_key)
         return f"malformed job: its name makes the queue key {shown!r}, which holds another type"
 
-    def _wrap(self, member: bytes, now: int, error: str) -> bytes:
-        # kept visible and deletable in the dead set instead of blocking the set
-        text = member.decode("utf-8", "replace")
-        wrapper = Job(name="", id=make_identifier(), t=now, args={"malformed_payload": text},
-                      fails=1, err=error, failed_at=now)
-        log.warning("malformed job moved to dead", job_id=wrapper.id, error=error)
-        return wrapper.to_json()
+    def _wrap(self, member: bytes, now: int, error: BaseException | str) -> bytes:
+        # kept visible and deletable in the dead set instead of blocking the set; named ""
+        # (not a queue's name, as the worker's): it was never fetched from a queue
+        return malformed("", member, error, now, logger=log)

@@ -21,11 +21,13 @@
 --           goes to <p>dead wrapped in a job {"name": <queue's job name>, "args":
 --           {"malformed_payload": <the entry>}, "err": ...}, counted as a dead job
 -- ARGV[4] = max bytes of one batch: the batch stops after the job that reaches it
--- ARGV[5] = number of acknowledgements A, followed by A records of 4 values:
+-- ARGV[5] = how many wake tokens the wake list may hold (store/base.py WAKE_TOKENS_MAX)
+-- ARGV[6] = number of acknowledgements A, followed by A records of 4 values:
 --   group number g (the queue the job was fetched from, in this call's order),
 --   raw job bytes exactly as fetched,
---   outcome: "s" success, "r" retry, "d" dead, "x" dropped (skip_dead), "q" return unstarted
---            to the front of its queue (and wake an idle worker for it),
+--   outcome (prefork_work/outcome.py Outcome): "s" success, "r" retry, "d" dead, "x" dropped
+--            (skip_dead), "q" return unstarted to the front of its queue (and wake an idle
+--            worker for it),
 --   for "r"/"d": "<score> <re-serialized job>"; otherwise "".
 -- then ARGV[i] = now (epoch seconds), ARGV[i+1] = status TTL in seconds, ARGV[i+2] = "1" to
 --   count outcomes in <p>pw:metrics ("0": [server] metrics = false),
@@ -53,7 +55,8 @@ local pool = ARGV[1]
 local want = tonumber(ARGV[2])
 local max_payload = tonumber(ARGV[3])
 local max_batch = tonumber(ARGV[4])
-local nacks = tonumber(ARGV[5])
+local wake_max = tonumber(ARGV[5])
+local nacks = tonumber(ARGV[6])
 
 local G0 = 6  -- keys before the first group
 -- outcome -> (counter, number): counts are keyed by the number g * 4 + n, no string per job
@@ -65,7 +68,7 @@ local released = {}
 local requeued = 0
 local taken = {}  -- acknowledgement number -> true when it took its entry (if track)
 local counts = {}  -- g * 4 + CODE[outcome] -> n
-local i = 6
+local i = 7
 local count = ARGV[i + 4 * nacks + 2] == '1'  -- the arguments after the records
 local track = tonumber(ARGV[i + 4 * nacks + 3]) > 0  -- status records to write
 for k = 1, nacks do
@@ -101,8 +104,8 @@ for g, n in pairs(released) do
 end
 if requeued > 0 then
   -- jobs handed back (a slow job's batch, a stopping worker): another worker takes them now
-  for _ = 1, math.min(requeued, 64) do redis.call('LPUSH', KEYS[3], '1') end
-  redis.call('LTRIM', KEYS[3], 0, 63)
+  for _ = 1, math.min(requeued, wake_max) do redis.call('LPUSH', KEYS[3], '1') end
+  redis.call('LTRIM', KEYS[3], 0, wake_max - 1)
 end
 
 -- counters: the job name is the group's queue key minus "<p>jobs:"

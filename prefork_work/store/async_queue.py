@@ -13,9 +13,15 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 import redis.asyncio
 
-from prefork_work.errors import ConfigError
-from prefork_work.keys import Keys, has_hash_tag
-from prefork_work.store.base import WAKE_TOKENS_MAX, lua_source, redis_errors, script_sha
+from prefork_work.keys import Keys
+from prefork_work.store.base import (
+    WAKE_TOKENS_MAX,
+    check_cluster_namespace,
+    lua_source,
+    redis_errors,
+    script_sha,
+)
+from prefork_work.store.queue import unique_call
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,11 +44,7 @@ class AsyncQueueStore:
     def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
         from redis.asyncio.cluster import RedisCluster
 
-        if isinstance(client, RedisCluster) and not has_hash_tag(keys.namespace):
-            raise ConfigError(
-                f"namespace {keys.namespace!r}: with Redis Cluster every key of a namespace must "
-                "be in one slot; use a hash tag, e.g. '{" + keys.namespace + "}'"
-            )
+        check_cluster_namespace(isinstance(client, RedisCluster), keys)
         self.redis = client
         self.keys = keys
 
@@ -88,10 +90,5 @@ class AsyncQueueStore:
         self, name: str, unique_key: str, payload: bytes, stored: bytes, run_at: int | None
     ) -> bool:
         await self.redis.sadd(self.keys.known_jobs(), name)
-        if run_at is None:
-            keys = [self.keys.jobs(name), unique_key, self.keys.wake()]
-            args: list[bytes | int] = [payload, stored, WAKE_TOKENS_MAX]
-        else:
-            keys = [self.keys.scheduled(), unique_key, self.keys.wake()]
-            args = [payload, stored, WAKE_TOKENS_MAX, run_at]
-        return await self.run_script("enqueue_unique", keys, args) == b"ok"
+        return await self.run_script("enqueue_unique", *unique_call(
+            self.keys, name, unique_key, payload, stored, run_at)) == b"ok"

@@ -22,6 +22,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException
 
 from prefork_work.errors import ConfigError, RedisUnavailable
 from prefork_work.keys import Keys, has_hash_tag
+from prefork_work.outcome import Outcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,6 +56,15 @@ def translate_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def check_cluster_namespace(cluster: bool, keys: Keys) -> None:
+    """With Redis Cluster, the namespace must put every key of it in one slot."""
+    if cluster and not has_hash_tag(keys.namespace):
+        raise ConfigError(
+            f"namespace {keys.namespace!r}: with Redis Cluster every key of a namespace must "
+            "be in one slot; use a hash tag, e.g. '{" + keys.namespace + "}'"
+        )
+
+
 @functools.cache
 def lua_source(name: str) -> str:
     return resources.files("prefork_work").joinpath("lua", f"{name}.lua").read_text("utf-8")
@@ -64,11 +74,7 @@ class RedisStore:
     """A Redis client, the namespace's keys and the scripts it runs."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        if isinstance(client, RedisCluster) and not has_hash_tag(keys.namespace):
-            raise ConfigError(
-                f"namespace {keys.namespace!r}: with Redis Cluster every key of a namespace must "
-                "be in one slot; use a hash tag, e.g. '{" + keys.namespace + "}'"
-            )
+        check_cluster_namespace(isinstance(client, RedisCluster), keys)
         self.redis = client
         self.keys = keys
         self._held: tuple[int, Any] | None = None  # (pid, connection) of run_script_held
@@ -112,7 +118,7 @@ class RedisStore:
         dead = self.keys.dead()
         for member, payload, target in moves:
             keys.append(target)
-            args += [member, payload, "d" if target == dead else "q"]
+            args += [member, payload, Outcome.DEAD if target == dead else Outcome.REQUEUE]
         moved, *rejected = self.run_script("move_due", keys, args)
         if refused is not None:
             refused.extend(int(i) - 1 for i in rejected)

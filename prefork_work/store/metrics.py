@@ -7,17 +7,21 @@ worker's histogram riding the same call; this module holds the rare writes of th
 
 from __future__ import annotations
 
+from prefork_work.outcome import Outcome
 from prefork_work.store.base import RedisStore, translate_errors
 
-OUTCOME_FIELDS = {"s": ("processed",), "r": ("processed", "failed", "retried"),
-                  "d": ("processed", "failed", "dead"), "x": ("processed", "failed", "dropped")}
+# the counters lua/fetch.lua adds for an acknowledged outcome
+OUTCOME_FIELDS = {Outcome.SUCCESS: ("processed",),
+                  Outcome.RETRY: ("processed", "failed", "retried"),
+                  Outcome.DEAD: ("processed", "failed", "dead"),
+                  Outcome.DROPPED: ("processed", "failed", "dropped")}
 
 
 class MetricsStore(RedisStore):
     """Counters in ``<p>pw:metrics`` and ``<p>pw:host_metrics`` (HINCRBY only: exact, additive)."""
 
     @translate_errors
-    def count_outcome(self, name: str, outcome: str) -> None:
+    def count_outcome(self, name: str, outcome: Outcome) -> None:
         """A job's outcome settled outside the fetch script (the master's hard timeout and
         poison-job verdicts), counted as the script counts its acknowledgements."""
         pipe = self.redis.pipeline(transaction=False)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prefork_work.errors import MalformedJob
@@ -16,14 +17,55 @@ CRASH_COUNTER_SECONDS = 7 * 86400
 
 @dataclass(slots=True)
 class Heartbeat:
-    """The fields of ``<p>worker_pools:<poolID>`` a reaper needs."""
+    """gocraft's heartbeat hash ``<p>worker_pools:<poolID>``, as the reaper and the Client read it.
+
+    Any process may write these hashes: a field that is missing and one that is not an
+    integer (Go's ParseInt would fail) are both None, never an exception.
+    """
 
     pool_id: str
+    started_at: int | None
     heartbeat_at: int | None  # None: no hash, or a field Go could not parse
-    job_names: list[str]
+    concurrency: int | None
+    pid: int | None
     host: str
-    pid: int
-    worker_ids: list[str]
+    job_names: list[str] | None  # None: no such field; else split on "," as Go splits it
+    worker_ids: list[str] | None
+
+    def names(self) -> set[str]:
+        """The job names the pool registered (no empty name from an empty field)."""
+        return {n for n in self.job_names or () if n}
+
+    def workers(self) -> list[str]:
+        """The pool's worker ids (no empty id from an empty field)."""
+        return [w for w in self.worker_ids or () if w]
+
+
+def parse_heartbeat(pool_id: str, fields: Mapping[str, str]) -> Heartbeat:
+    """The one parser of a heartbeat hash (decoded fields; an empty mapping: no hash)."""
+    job_names, worker_ids = fields.get("job_names"), fields.get("worker_ids")
+    return Heartbeat(
+        pool_id=pool_id,
+        started_at=parse_int(fields.get("started_at")),
+        heartbeat_at=parse_int(fields.get("heartbeat_at")),
+        concurrency=parse_int(fields.get("concurrency")),
+        pid=parse_int(fields.get("pid")),
+        host=fields.get("host", ""),
+        job_names=None if job_names is None else job_names.split(","),
+        worker_ids=None if worker_ids is None else worker_ids.split(","),
+    )
+
+
+_INT64 = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def parse_int(value: str | None) -> int | None:
+    """An integer field as Go's ``strconv.ParseInt(value, 10, 64)`` reads it; None when it is
+    missing or Go could not parse it (no spaces, underscores or digits of other scripts)."""
+    if value is None or not _INT64.fullmatch(value):
+        return None
+    number = int(value)
+    return number if -(2**63) <= number < 2**63 else None
 
 
 class PoolStore(RedisStore):
@@ -56,18 +98,8 @@ class PoolStore(RedisStore):
         pipe = self.redis.pipeline(transaction=False)
         for pool_id in ids:
             pipe.hgetall(self.keys.heartbeat(pool_id))
-        result = {}
-        for pool_id, raw in zip(ids, pipe.execute(), strict=True):
-            fields = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
-            result[pool_id] = Heartbeat(
-                pool_id=pool_id,
-                heartbeat_at=_int_or_none(fields.get("heartbeat_at")),
-                job_names=[n for n in fields.get("job_names", "").split(",") if n],
-                host=fields.get("host", ""),
-                pid=_int_or_none(fields.get("pid")) or 0,
-                worker_ids=[w for w in fields.get("worker_ids", "").split(",") if w],
-            )
-        return result
+        return {pool_id: parse_heartbeat(pool_id, decode_hash(raw))
+                for pool_id, raw in zip(ids, pipe.execute(), strict=True)}
 
     @translate_errors
     def pool_ids(self) -> set[str]:
@@ -203,10 +235,7 @@ class PoolStore(RedisStore):
         pipe.execute()
 
 
-def _int_or_none(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
+
+def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    """An HGETALL reply as text (untrusted bytes: undecodable ones replaced, never raised)."""
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from prefork_work.keys import Keys
+from prefork_work.outcome import Outcome
 from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, redis_errors, translate_errors
 
 OBSERVATION_TTL_SECONDS = 86400
 
-Outcome = Literal["s", "r", "d", "x", "q"]
+# outcomes whose ack carries "<score> <payload>" (a tuple of members: no enum lookup per job)
+_SCORED = (Outcome.RETRY, Outcome.DEAD)
 
 
 @dataclass(slots=True)
 class Ack:
     """The fate of one fetched job, sent back with the next fetch.
 
-    ``group`` is the job's queue as a group number of the fetch that will carry the ack
-    (filled in by :meth:`QueueStore.fetch`); ``score``/``payload`` only for retry and dead.
+    ``name`` is the queue it was fetched from; ``score``/``payload`` only for retry and dead.
     """
 
     name: str
@@ -72,13 +73,8 @@ class QueueStore(RedisStore):
     ) -> bool:
         """gocraft's unique enqueue: True when enqueued, False for a duplicate."""
         self.redis.sadd(self.keys.known_jobs(), name)
-        if run_at is None:
-            keys = [self.keys.jobs(name), unique_key, self.keys.wake()]
-            args: list[bytes | int] = [payload, stored, WAKE_TOKENS_MAX]
-        else:
-            keys = [self.keys.scheduled(), unique_key, self.keys.wake()]
-            args = [payload, stored, WAKE_TOKENS_MAX, run_at]
-        return self.run_script("enqueue_unique", keys, args) == b"ok"
+        return self.run_script("enqueue_unique", *unique_call(
+            self.keys, name, unique_key, payload, stored, run_at)) == b"ok"
 
     # --- worker ---------------------------------------------------------------------------
     def fetch_keys(self, pool_id: str, name: str) -> list[str]:
@@ -134,9 +130,9 @@ class QueueStore(RedisStore):
             keys.extend(group_keys[name])
             group_of[name] = number
         args: list[bytes | str | int] = [pool_id, want, max_payload_bytes,
-                                         max_batch_bytes or 2**53, len(acks)]
+                                         max_batch_bytes or 2**53, WAKE_TOKENS_MAX, len(acks)]
         for ack in acks:
-            extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in ("r", "d") else b""
+            extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in _SCORED else b""
             args.extend((group_of[ack.name], ack.raw, ack.outcome, extra))
         args.extend((now, status_ttl, 1 if count else 0, len(statuses)))
         for index, job_id, record in statuses:
@@ -215,3 +211,11 @@ class QueueStore(RedisStore):
         pipe.sadd(self.keys.known_jobs(), *caps)
         pipe.execute()
 
+
+def unique_call(keys: Keys, name: str, unique_key: str, payload: bytes, stored: bytes,
+                run_at: int | None) -> tuple[list[str], list[bytes | int]]:
+    """KEYS and ARGV of ``lua/enqueue_unique.lua`` (the sync and the asyncio store's)."""
+    if run_at is None:
+        return [keys.jobs(name), unique_key, keys.wake()], [payload, stored, WAKE_TOKENS_MAX]
+    return ([keys.scheduled(), unique_key, keys.wake()],
+            [payload, stored, WAKE_TOKENS_MAX, run_at])
