@@ -48,18 +48,18 @@ class ChildView:
     pid: int  # 0 in prepare_child (before the fork)
     state: ChildState
     ready: bool
-    slot_list: tuple[Slot, ...] = field(repr=False)
+    _slots: tuple[Slot, ...] = field(repr=False)  # read through slots() and busy_slots() only
 
     @property
     def jobs(self) -> int:
         """How many jobs the child may run at once (one scoreboard slot each)."""
-        return len(self.slot_list)
+        return len(self._slots)
 
     def slots(self) -> list[SlotState]:
-        return [s.read() for s in self.slot_list]
+        return [s.read() for s in self._slots]
 
     def busy_slots(self) -> int:
-        return sum(1 for s in self.slot_list if s.read().busy)
+        return sum(1 for s in self._slots if s.read().busy)
 
 
 @dataclass(frozen=True, slots=True)
