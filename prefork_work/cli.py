@@ -16,9 +16,10 @@ from prefork_work import __version__
 from prefork_work.config import Config, config_warnings, load_config
 from prefork_work.errors import ConfigError, InvalidJobArguments, RedisUnavailable
 from prefork_work.safepath import prepare_imports
-from supervisor.exitcodes import EX_CONFIG, EX_UNAVAILABLE
 
 EX_USAGE = 2
+EX_UNAVAILABLE = 69  # a required service (Redis) could not be reached
+EX_CONFIG = 78  # bad configuration: systemd's RestartPreventExitStatus keeps it from looping
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -31,14 +31,24 @@ from prefork_work.loops.heartbeater import Heartbeater, PoolInfo, hostname
 from prefork_work.loops.periodic import PeriodicEnqueuer
 from prefork_work.loops.reaper import DeadPoolReaper
 from prefork_work.loops.requeuer import Requeuer
+from prefork_work.observations import ObservationWriter, SlotRecord
 from prefork_work.outcome import Outcome, settle_in_progress
 from prefork_work.safepath import prepare_imports
 from prefork_work.store.metrics import MetricsStore
 from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import QueueStore
 from prefork_work.web_process import WebProcess
-from prefork_work.worker import OutageWait, Worker, observation_args
-from supervisor import Child, ChildContext, ExitInfo, Interrupted, PeriodicTask, Supervisor
+from prefork_work.worker import OutageWait, Worker
+from supervisor import (
+    ChildContext,
+    ChildView,
+    ExitInfo,
+    Interrupted,
+    MasterView,
+    PeriodicTask,
+    Supervisor,
+    SupervisorSettings,
+)
 
 log = structlog.get_logger("prefork_work.server")
 
@@ -50,15 +60,15 @@ EMBEDDED_CHECK_INTERVAL = 1.0
 WEB_CHECK_INTERVAL = 1.0
 
 
-def supervisor_settings(config: Config) -> dict[str, Any]:
+def supervisor_settings(config: Config) -> SupervisorSettings:
     """The supervisor's knobs from the config: at start and again on every reload (HUP)."""
-    return {
-        "concurrency": config.server.concurrency,
-        "shutdown_timeout": config.server.shutdown_timeout,
-        "hard_timeout_grace": config.server.hard_timeout_grace,
-        "max_jobs_per_child": config.server.max_jobs_per_child or None,
-        "max_memory_per_child": config.server.max_memory_per_child * 1024 * 1024 or None,
-    }
+    return SupervisorSettings(
+        concurrency=config.server.concurrency,
+        shutdown_timeout=config.server.shutdown_timeout,
+        hard_timeout_grace=config.server.hard_timeout_grace,
+        max_jobs_per_child=config.server.max_jobs_per_child or None,
+        max_memory_per_child=config.server.max_memory_per_child * 1024 * 1024 or None,
+    )
 
 
 def load_app(spec: str) -> App:
@@ -92,15 +102,6 @@ def reimport_app(spec: str) -> App:
     # failure fails the reload (before the server swaps apps) and the old generation runs on
     app.run_hooks("startup")
     return app
-
-
-@dataclass(slots=True)
-class SlotRecord:
-    """What the master last wrote to Redis for one job slot (one gocraft worker id)."""
-
-    worker_id: str
-    observed: str | None = None  # the slot label last written as an observation
-    checkin: bytes = b""  # the check-in (time and message) last written for that job
 
 
 @dataclass(slots=True)
@@ -216,10 +217,11 @@ class RedisOutage:
     def __init__(self) -> None:
         self.failing: set[str] = set()
 
-    def tolerate(self, name: str, tick: Callable[[float], object]) -> Callable[[float], None]:
-        def run(now: float) -> None:
+    def tolerate(self, name: str, tick: Callable[[float, MasterView], object],
+                 ) -> Callable[[float, MasterView], None]:
+        def run(now: float, master: MasterView) -> None:
             try:
-                tick(now)
+                tick(now, master)
             except RedisUnavailable as err:
                 if not self.failing:
                     log.warning("redis unavailable; the master's loops will retry", error=str(err))
@@ -250,12 +252,15 @@ class WorkServer:
                                     socket_timeout=config.redis.socket_timeout,
                                     cluster=config.redis.cluster, settings=config.redis)
         self.pools = PoolStore(self.redis, self.keys)
-        self.supervisor: Supervisor | None = None
+        self.observations = ObservationWriter(self.pools)
+        # this side's state of each child, by ChildView.key: filled before the fork, so the
+        # child finds its own record in its copy of this dict
+        self.records: dict[int, ChildRecord] = {}
         self.reaped_local = False
         self._build_loops()
 
     def _build_loops(self) -> None:
-        self.heartbeater = Heartbeater(self.pools, self._pool_infos, host=self.host)
+        self.heartbeater = Heartbeater(self.pools, list, host=self.host)  # _heartbeat passes the pools
         self.reaper = DeadPoolReaper(self.pools, lambda: list(self.app.job_types),
                                      live_pools=self._live_pool_ids)
         self.requeuer = Requeuer(self.pools)
@@ -267,13 +272,13 @@ class WorkServer:
             {n: t.max_concurrency for n, t in self.app.job_types.items()})
 
     # --- supervisor hooks: master side ---------------------------------------------------------
-    def prepare_child(self, child: Child) -> None:
-        child.data["record"] = ChildRecord.new(len(child.slots))
+    def prepare_child(self, child: ChildView) -> None:
+        self.records[child.key] = ChildRecord.new(child.jobs)
 
-    def child_exited(self, child: Child, info: ExitInfo) -> None:
-        record: ChildRecord = child.data["record"]
+    def child_exited(self, child: ChildView, info: ExitInfo) -> None:
+        record = self.records.pop(child.key)
         now = time.time()
-        states = [s.read() for s in child.slots]
+        states = child.slots()
         busy = [s for s in states if s.busy]
         state = busy[0] if len(busy) == 1 else states[0]
         running_requeued = False
@@ -371,7 +376,7 @@ class WorkServer:
         if outcome is not None:
             self._count_outcome(name, outcome)
 
-    def reload(self) -> None:
+    def reload(self) -> SupervisorSettings:
         if self.config.path is None:
             raise ConfigError("no config file to reload")
         config = load_config(self.config.path)
@@ -393,16 +398,14 @@ class WorkServer:
                 state_dir=self.config.server.state_dir,
                 jobs_per_child=self.config.server.jobs_per_child))
         self.config = config
-        if self.supervisor is not None:
-            self.supervisor.configure(**supervisor_settings(config))
         self._build_loops()
         self.announce()
         log.info("reloaded", job_types=len(self.app.job_types))
+        return supervisor_settings(config)
 
-    def status_line(self) -> str:
-        children = self.supervisor.children if self.supervisor else []
-        busy = sum(c.busy_slots() for c in children)
-        return f"[{self.config.server.namespace}] {len(children)} children, {busy} busy"
+    def status_line(self, master: MasterView) -> str:
+        busy = sum(c.busy_slots() for c in master.children)
+        return f"[{self.config.server.namespace}] {len(master.children)} children, {busy} busy"
 
     def tasks(self) -> list[PeriodicTask]:
         outage = RedisOutage()
@@ -410,14 +413,14 @@ class WorkServer:
             # the loops are rebuilt on reload (new job names, new cron specs): look them up
             # at each tick rather than binding this generation's objects into the timers
             PeriodicTask("heartbeat", self.heartbeater.interval,
-                         outage.tolerate("heartbeat", lambda now: self.heartbeater.tick(now))),
+                         outage.tolerate("heartbeat", self._heartbeat)),
             PeriodicTask("observations", OBSERVATION_INTERVAL,
                          outage.tolerate("observations", self._write_observations)),
             PeriodicTask("requeuer", self.requeuer.interval,
-                         outage.tolerate("requeuer", lambda now: self.requeuer.tick(now))),
+                         outage.tolerate("requeuer", lambda now, _: self.requeuer.tick(now))),
             PeriodicTask("reaper", self.reaper.interval, outage.tolerate("reaper", self._reap)),
             PeriodicTask("periodic", self.periodic.interval,
-                         outage.tolerate("periodic", lambda now: self.periodic.tick(now))),
+                         outage.tolerate("periodic", lambda now, _: self.periodic.tick(now))),
         ]
         if self.web is not None:
             tasks.append(PeriodicTask("web", WEB_CHECK_INTERVAL, self._check_web, run_at_start=False))
@@ -436,7 +439,7 @@ class WorkServer:
 
     # --- supervisor hooks: child side -----------------------------------------------------------
     def child_main(self, ctx: ChildContext) -> int:
-        record: ChildRecord = ctx.data["record"]
+        record = self.records[ctx.key]
         structlog.contextvars.bind_contextvars(pool_id=record.pool_id)
         # after fork, before the first fetch; HookFailed fails this child's start (the
         # master's crash-loop backoff applies and its log names the hook)
@@ -517,30 +520,26 @@ class WorkServer:
         )
 
     # --- periodic work ----------------------------------------------------------------------------
-    def _reap(self, now: float) -> None:
+    def _reap(self, now: float, master: MasterView) -> None:
         if not self.reaped_local:
             # a master restarting on this host takes its predecessor's orphans at once
             self._count_host(None, self.reaper.reap_local_orphans(self.host, now))  # logs each pool
             self.reaped_local = True
         self._count_host(None, self.reaper.tick(now))
 
-    def _check_embedded(self, now: float) -> None:
+    def _check_embedded(self, now: float, master: MasterView) -> None:
         assert self.embedded is not None
-        if not self.embedded.alive() and not (self.supervisor and self.supervisor.stopping):
+        if not self.embedded.alive() and master.stopping is None:
             log.error("embedded redis died; restarting it")
             self.embedded.start()
 
-    def _check_web(self, now: float) -> None:
+    def _check_web(self, now: float, master: MasterView) -> None:
         assert self.web is not None
-        if not (self.supervisor and self.supervisor.stopping):
+        if master.stopping is None:
             self.web.check()
 
-    def _records(self) -> list[ChildRecord]:
-        children = self.supervisor.children if self.supervisor else []
-        return [c.data["record"] for c in children if "record" in c.data]
-
     def _live_pool_ids(self) -> set[str]:
-        return {r.pool_id for r in self._records()}
+        return {r.pool_id for r in self.records.values()}
 
     def _pool_info(self, pid: int, record: ChildRecord) -> PoolInfo:
         return PoolInfo(record.pool_id, pid, list(record.worker_ids), sorted(self.app.job_types),
@@ -549,40 +548,16 @@ class WorkServer:
                         {"master_pid": str(os.getpid() if pid != os.getpid() else os.getppid()),
                          "master_id": self.master_id})
 
-    def _pool_infos(self) -> list[PoolInfo]:
-        children = self.supervisor.children if self.supervisor else []
-        return [self._pool_info(c.pid, c.data["record"]) for c in children
-                if "record" in c.data and c.pid]
+    def _heartbeat(self, now: float, master: MasterView) -> None:
+        infos = [self._pool_info(c.pid, self.records[c.key]) for c in master.children
+                 if c.key in self.records]
+        self.heartbeater.tick(now, infos)
 
-    def _write_observations(self, now: float) -> None:
+    def _write_observations(self, now: float, master: MasterView) -> None:
         """Mirror the children's slots into gocraft's observation hashes, in one pipeline."""
-        started: list[tuple[str, str, str, int, str]] = []
-        checkins: list[tuple[str, str, int]] = []
-        idle: list[str] = []
-        for child in self.supervisor.children if self.supervisor else []:
-            child_record: ChildRecord | None = child.data.get("record")
-            if child_record is None:
-                continue
-            for slot, record in zip(child.slots, child_record.slots, strict=False):
-                state = slot.read()
-                if state.busy:
-                    raw, _, checkin = state.extra.partition(b"\0")
-                    if state.label != record.observed:
-                        job_id, _, name = state.label.partition(" ")
-                        started.append((record.worker_id, name, job_id, int(state.started_at),
-                                        _observation_args(raw)))
-                        record.observed = state.label
-                        record.checkin = b""
-                    if checkin and checkin != record.checkin:  # written when it changes, as Go's
-                        at, _, message = checkin.partition(b"\0")
-                        checkins.append((record.worker_id, message.decode("utf-8", "replace"),
-                                         int(at) if at.isdigit() else int(now)))
-                        record.checkin = checkin
-                elif record.observed is not None:
-                    idle.append(record.worker_id)
-                    record.observed = None
-        if started or checkins or idle:
-            self.pools.write_observations(started, checkins, idle)
+        self.observations.mirror(
+            (pair for c in master.children if c.key in self.records
+             for pair in zip(self.records[c.key].slots, c.slots(), strict=False)), now)
 
 
 @contextlib.contextmanager
@@ -596,13 +571,6 @@ def _main_thread_job(ctx: ChildContext, job: Job) -> Iterator[None]:
     finally:
         ctx.in_job = False
         ctx.current_label = ""
-
-
-def _observation_args(raw: bytes) -> str:
-    try:
-        return observation_args(Job.from_json(raw))
-    except PreforkWorkError:
-        return ""
 
 
 def start_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
@@ -633,9 +601,8 @@ def run(config: Config, app: App) -> int:
         if embedded is not None:
             embedded.stop()
         raise
-    supervisor = Supervisor(server, title="prefork-work", jobs_per_child=config.server.jobs_per_child,
-                            **supervisor_settings(config))
-    server.supervisor = supervisor
+    supervisor = Supervisor(server, supervisor_settings(config), title="prefork-work",
+                            jobs_per_child=config.server.jobs_per_child)
     if web is not None:
         server.web = web
         web.start()

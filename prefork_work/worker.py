@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from prefork_work.app import App, JobType
-from prefork_work.errors import InvalidJobArguments, JobTimeout, MalformedJob, RedisUnavailable
+from prefork_work.errors import JobTimeout, MalformedJob, RedisUnavailable
 from prefork_work.job import Job, make_identifier
 from prefork_work.keys import Keys
+from prefork_work.observations import ObservationWriter
 from prefork_work.outcome import (
     STATES,
     STRAY_JOB_ERROR,
@@ -39,6 +40,7 @@ from prefork_work.outcome import (
     malformed,
     settle,
 )
+from prefork_work.store.pools import PoolStore
 from prefork_work.store.queue import Ack, QueueStore
 
 if TYPE_CHECKING:
@@ -79,34 +81,20 @@ class RedisObserver:
     """
 
     def __init__(self, store: QueueStore, worker_id: str, clock: Callable[[], float]) -> None:
-        self.store = store
+        self.writer = ObservationWriter(PoolStore(store.redis, store.keys))
         self.worker_id = worker_id
         self.clock = clock
 
     @contextlib.contextmanager
     def observe(self, job: Job, job_type: JobType) -> Iterator[None]:
-        self.store.observe_started(
-            self.worker_id, job.name, job.id, int(self.clock()), observation_args(job)
-        )
+        self.writer.started(self.worker_id, job, int(self.clock()))
         try:
             yield
         finally:
-            self.store.observe_done(self.worker_id)
+            self.writer.done(self.worker_id)
 
     def checkin(self, job: Job, message: str) -> None:
-        self.store.observe_checkin(self.worker_id, message, int(self.clock()))
-
-
-def observation_args(job: Job) -> str:
-    """gocraft writes the args' JSON, or the empty string for nil or empty args."""
-    if not job.args:
-        return ""
-    from prefork_work.gojson import dumps
-
-    try:
-        return dumps(job.args)
-    except InvalidJobArguments:  # decoded, yet not re-encodable (e.g. nested very deep)
-        return ""
+        self.writer.checkin(self.worker_id, message, int(self.clock()))
 
 
 class OutageWait:

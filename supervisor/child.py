@@ -44,15 +44,15 @@ class ChildContext:
     """The child's view of the supervisor."""
 
     def __init__(
-        self, index: int, generation: int, slot: Slot, data: dict[str, Any],
+        self, index: int, generation: int, slot: Slot,
         status_fd: int, master_pid: int, title: str, max_jobs: int | None = None,
-        liveness: Liveness | None = None, slots: list[Slot] | None = None,
+        liveness: Liveness | None = None, slots: list[Slot] | None = None, key: int = 0,
     ) -> None:
         self.index = index
         self.generation = generation
+        self.key = key  # the ChildView.key the application's prepare_child saw
         self.slot = slot
         self.slots = slots or [slot]  # one per job the child may run at once
-        self.data = data
         self.status_fd = status_fd
         self.master_pid = master_pid
         self.title = title

@@ -2,32 +2,44 @@
 
 Single-threaded, no threads at all (it forks). One ``selectors`` loop waits on a self-pipe
 that the interpreter writes signal numbers to (``signal.set_wakeup_fd``), on one status pipe
-per child, and on the next timer. Signal handlers do nothing; the loop dispatches.
+per child, and on the next timer. Signal handlers do nothing; the loop dispatches. The
+policies live in parts that take ``now`` (timers.py, backoff.py, watchdog.py, recycling.py);
+this module wires them to processes and signals.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
+import itertools
 import json
 import os
-import random
 import selectors
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import psutil
 import structlog
 from setproctitle import setproctitle
 
-from supervisor.child import HARD_TIMEOUT_SIGNAL, ChildContext, run_child
+from supervisor import watchdog
+from supervisor.backoff import CrashLoop, start_failure
+from supervisor.child import ChildContext, run_child
+from supervisor.children import Child
 from supervisor.exitcodes import EX_OK
 from supervisor.exitinfo import ExitInfo
-from supervisor.scoreboard import MAX_SLOTS, Scoreboard, Slot
+from supervisor.interface import (
+    ChildApp,
+    ChildState,
+    MasterView,
+    PeriodicTask,
+    StopMode,
+    SupervisorSettings,
+)
+from supervisor.recycling import Recycler
+from supervisor.scoreboard import MAX_SLOTS, Scoreboard
 from supervisor.systemd import Notifier
+from supervisor.timers import Timers
 
 log = structlog.get_logger("supervisor")
 
@@ -36,104 +48,36 @@ HANDLED = [
     signal.SIGTTOU, signal.SIGTSTP, signal.SIGCONT, signal.SIGCHLD,
 ]
 FAST_STOP_GRACE = 2.0
-# A ready child that dies this soon after it was ready, running no job, failed at start as
-# surely as one that never got ready (nothing to blame but its own code or environment);
-# a child alive this long after ready proves the children boot again.
-BOOT_GRACE = 2.0
-MAX_BACKOFF = 60.0
 HOUSEKEEPING = 0.25
-
-
-@dataclass(slots=True)
-class PeriodicTask:
-    name: str
-    interval: float
-    fn: Callable[[float], Any]
-    run_at_start: bool = True
-
-
-class ChildApp(Protocol):
-    def prepare_child(self, child: Child) -> None: ...
-    def child_main(self, ctx: ChildContext) -> int: ...
-    def child_exited(self, child: Child, info: ExitInfo) -> None: ...
-    def reload(self) -> None: ...
-    def status_line(self) -> str: ...
-    def tasks(self) -> list[PeriodicTask]: ...
-    def shutdown(self) -> None: ...
-
-
-@dataclass(eq=False)
-class Child:
-    """The master's record of one child."""
-
-    index: int
-    generation: int
-    slot_number: int
-    slot: Slot
-    # one sub-slot per job the child may run at once (jobs_per_child); slots[0] is slot
-    slots: list[Slot] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
-    pid: int = 0
-    started_mono: float = 0.0
-    state: str = "booting"  # booting, running, retiring (replace when a successor is ready), stopping
-    ready: bool = False
-    ready_mono: float = 0.0
-    kill_cause: str | None = None
-    max_jobs: int | None = None
-    fatal: str | None = None
-    pipe_fd: int = -1
-    buffer: bytes = b""
-    timeout_label: str | None = None
-    timeout_sent: float = 0.0
-    born_over_memory: bool = False  # over the limit at its first check: recycling cannot help
-
-    def __post_init__(self) -> None:
-        if not self.slots:
-            self.slots = [self.slot]
-
-    def busy_slots(self) -> int:
-        return sum(1 for s in self.slots if s.read().busy)
-
-    def jobs_done(self) -> int:
-        return sum(s.read().jobs_done for s in self.slots)
+STOP_CAUSE = {StopMode.GRACEFUL: "shutdown timeout", StopMode.FAST: "interrupted"}
 
 
 class Supervisor:
     def __init__(
         self,
         app: ChildApp,
+        settings: SupervisorSettings,
         *,
-        concurrency: int,
-        shutdown_timeout: float = 30.0,
         title: str = "prefork-work",
-        hard_timeout_grace: float = 5.0,
-        max_memory_per_child: int | None = None,
-        max_jobs_per_child: int | None = None,
         max_jobs_jitter: float = 0.1,
         memory_check_interval: float = 5.0,
         notify: bool = True,
         jobs_per_child: int = 1,
     ) -> None:
         self.app = app
-        self.target = max(1, concurrency)
-        self.shutdown_timeout = shutdown_timeout
         self.title = title
-        self.hard_timeout_grace = hard_timeout_grace
-        self.max_memory = max_memory_per_child
-        self.max_jobs = max_jobs_per_child
-        self.max_jobs_jitter = max_jobs_jitter
-        self.memory_check_interval = memory_check_interval
+        self.recycler = Recycler(max_jobs=None, max_memory=None, jitter=max_jobs_jitter,
+                                 check_interval=memory_check_interval)
+        self.configure(settings)
         # fixed for the life of the master: the scoreboard is laid out for it before any fork
         self.jobs_per_child = jobs_per_child
         self.notifier = Notifier(notify)
         self.children: list[Child] = []
+        self.keys = itertools.count()
         self.generation = 0
-        self.stopping: str | None = None  # "graceful" or "fast"
+        self.stopping: StopMode | None = None
         self.stop_deadline = 0.0
-        self.failures = 0
-        self.next_spawn_at = 0.0
-        self.crash_reason: str | None = None
-        self.last_failure = 0.0  # monotonic time of the last start failure
+        self.crash_loop = CrashLoop()
         self.announced_ready = False
         self.reloading = False
         self.quiet = False
@@ -142,15 +86,14 @@ class Supervisor:
         self.free_slots: list[int] = []
         self.selector: selectors.BaseSelector | None = None
         self.wake_r = self.wake_w = -1
-        self.timers: list[tuple[float, int, PeriodicTask]] = []
+        self.timers = Timers([], 0.0)
         self.last_status = ""
-        self.next_memory_check = 0.0
         self.next_watchdog = 0.0
         self.next_extend = 0.0
         self.dispatch: dict[int, Callable[[], None]] = {
-            signal.SIGTERM: lambda: self.stop("graceful"),
-            signal.SIGINT: lambda: self.stop("fast"),
-            signal.SIGQUIT: lambda: self.stop("fast"),
+            signal.SIGTERM: lambda: self.stop(StopMode.GRACEFUL),
+            signal.SIGINT: lambda: self.stop(StopMode.FAST),
+            signal.SIGQUIT: lambda: self.stop(StopMode.FAST),
             signal.SIGHUP: self.reload,
             signal.SIGTTIN: self.grow,
             signal.SIGTTOU: self.shrink,
@@ -158,6 +101,17 @@ class Supervisor:
             signal.SIGCONT: lambda: self.set_quiet(False),
             signal.SIGCHLD: self.reap,
         }
+
+    def configure(self, settings: SupervisorSettings) -> None:
+        """Settings at start and from a reloaded config; the next generation of children uses them."""
+        self.target = max(1, settings.concurrency)
+        self.shutdown_timeout = settings.shutdown_timeout
+        self.hard_timeout_grace = settings.hard_timeout_grace
+        self.recycler.max_jobs = settings.max_jobs_per_child
+        self.recycler.max_memory = settings.max_memory_per_child
+
+    def view(self) -> MasterView:
+        return MasterView(tuple(c.view() for c in self.children), self.stopping)
 
     # --- main loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -179,10 +133,7 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
-        now = time.monotonic()
-        for order, task in enumerate(self.app.tasks()):
-            first = now if task.run_at_start else now + task.interval
-            heapq.heappush(self.timers, (first, order, task))
+        self.timers = Timers(self.app.tasks(), time.monotonic())
         self._set_title()
         log.info("master started", pid=self.pid, concurrency=self.target)
 
@@ -190,16 +141,13 @@ class Supervisor:
         assert self.selector is not None and self.scoreboard is not None
         now = time.monotonic()
         self.scoreboard.liveness.stamp(now)  # children stop fetching when this goes stale
-        timeout = HOUSEKEEPING
-        if self.timers:
-            timeout = max(0.0, min(timeout, self.timers[0][0] - now))
-        for key, _ in self.selector.select(timeout):
+        for key, _ in self.selector.select(self.timers.wait(now, HOUSEKEEPING)):
             if key.fd == self.wake_r:
                 self._read_signals()
             else:
                 self._read_child(key.data)
         self.reap()
-        self._run_timers()
+        self.timers.run_due(time.monotonic(), self._run_task)
         self._housekeeping()
 
     def _read_signals(self) -> None:
@@ -212,29 +160,14 @@ class Supervisor:
             if action is not None:
                 action()
 
-    def _run_timers(self) -> None:
-        now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, order, task = heapq.heappop(self.timers)
-            try:
-                task.fn(time.time())
-            except Exception:  # one failing tick must not stop the master
-                log.exception("periodic task failed", task=task.name)
-            if self.scoreboard is not None:  # a few slow tasks in a row are not a frozen master
-                self.scoreboard.liveness.stamp()
-            # after a stall, skip missed runs rather than bursting
-            heapq.heappush(self.timers, (max(now, time.monotonic()) + task.interval, order, task))
-
-    def configure(
-        self, *, concurrency: int, shutdown_timeout: float, hard_timeout_grace: float,
-        max_jobs_per_child: int | None, max_memory_per_child: int | None,
-    ) -> None:
-        """New settings from a reloaded config; the next generation of children uses them."""
-        self.target = max(1, concurrency)
-        self.shutdown_timeout = shutdown_timeout
-        self.hard_timeout_grace = hard_timeout_grace
-        self.max_jobs = max_jobs_per_child
-        self.max_memory = max_memory_per_child
+    def _run_task(self, task: PeriodicTask) -> float:
+        try:
+            task.fn(time.time(), self.view())
+        except Exception:  # one failing tick must not stop the master
+            log.exception("periodic task failed", task=task.name)
+        if self.scoreboard is not None:  # a few slow tasks in a row are not a frozen master
+            self.scoreboard.liveness.stamp()
+        return time.monotonic()
 
     # --- children --------------------------------------------------------------------------
     def spawn(self) -> Child | None:
@@ -244,27 +177,25 @@ class Supervisor:
             return None
         number = self.free_slots.pop()
         index = self._free_index()
-        slots = self.scoreboard.slots(number)
-        child = Child(index, self.generation, number, slots[0], slots)
-        for slot in slots:
+        child = Child(next(self.keys), index, self.generation, number, self.scoreboard.slots(number))
+        for slot in child.slots:
             slot.reset()
-        if self.max_jobs:
-            child.max_jobs = int(self.max_jobs * (1 + random.uniform(0, self.max_jobs_jitter)))
+        child.max_jobs = self.recycler.job_budget()
         try:
-            self.app.prepare_child(child)
+            self.app.prepare_child(child.view())
         except Exception:
             log.exception("prepare_child failed")
             self.free_slots.append(number)
-            self._backoff("prepare_child failed")
+            self._backoff("prepare_child failed", time.monotonic())
             return None
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
             pid = os.fork()
             if pid == 0:  # the child
-                ctx = ChildContext(index, self.generation, child.slot, child.data, write_fd,
-                                   self.pid, self.title, child.max_jobs, self.scoreboard.liveness,
-                                   slots=child.slots)
+                ctx = ChildContext(index, self.generation, child.slot, write_fd, self.pid,
+                                   self.title, child.max_jobs, self.scoreboard.liveness,
+                                   slots=child.slots, key=child.key)
                 siblings = [c.pipe_fd for c in self.children if c.pipe_fd >= 0]
                 run_child(ctx, self.app.child_main, HANDLED,
                           [read_fd, self.wake_r, self.wake_w, *siblings])
@@ -308,29 +239,15 @@ class Supervisor:
         if event == "ready":
             child.ready = True
             child.ready_mono = time.monotonic()  # the crash loop ends once one stays up
-            self._check_newborn_memory(child)
-            if child.state == "booting":
-                child.state = "running"
+            self.recycler.check_newborn(child)
+            if child.state is ChildState.BOOTING:
+                child.state = ChildState.RUNNING
             self._retire_one_replaced()
             if not self.announced_ready and self._current_ready() >= 1:
                 self.announced_ready = True
                 self.notifier.notify("READY=1", f"STATUS={self._status()}")
         elif event == "fatal":
             child.fatal = str(message.get("error", "unknown error"))
-
-    def _check_newborn_memory(self, child: Child) -> None:
-        """A child over the limit as soon as it is ready would be replaced by one just as big:
-        recycling it would only be a respawn loop, so it is left alone, and said so once."""
-        if not self.max_memory:
-            return
-        try:
-            rss = psutil.Process(child.pid).memory_info().rss
-        except psutil.Error:
-            return
-        if rss > self.max_memory:
-            child.born_over_memory = True
-            log.warning("a new child is already over the memory limit; not recycling it",
-                        index=child.index, rss=rss, limit=self.max_memory)
 
     def _close_pipe(self, child: Child) -> None:
         if child.pipe_fd >= 0:
@@ -362,82 +279,50 @@ class Supervisor:
         now = time.monotonic()
         lifetime = now - child.started_mono
         busy = child.busy_slots() > 0  # before the slot is reused; child_exited reads it too
-        expected = child.state in ("retiring", "stopping") or self.stopping is not None
+        expected = not child.state.current or self.stopping is not None
         log_fn = log.info if expected and (info.clean or info.cause) else log.warning
         log_fn("child exited", index=child.index, pid=child.pid, cause=info.cause or info.describe(),
                lifetime=round(lifetime, 2), error=child.fatal)
         try:
-            self.app.child_exited(child, info)
+            self.app.child_exited(child.view(), info)
         except Exception:
             log.exception("child_exited failed", pid=child.pid)
         if expected:
             return
-        # Only a child that fails at start is a crash loop to back off from. A child that
-        # dies running a job (the job's segfault, os._exit, OOM kill, a SIGKILL) is replaced
-        # at once: the job's crash is counted (child_exited) and max_crashes ends it, while
-        # backing off would leave every queue without a worker over one bad job.
-        if not child.ready:
-            self._backoff(child.fatal or f"child exited with {info.describe()} {lifetime:.1f}s "
-                          "after start, before it was ready")
-        elif (not busy and now - child.ready_mono < BOOT_GRACE
-              # SIGKILL comes from outside (the OOM killer, an operator, a kill storm), not
-              # from the child's own code: such a child is replaced at once
-              and info.signal != signal.SIGKILL):
-            self._backoff(f"child exited with {info.describe()} {now - child.ready_mono:.1f}s "
-                          "after it was ready, running no job")
+        reason = start_failure(child, info, busy, now)
+        if reason is not None:
+            self._backoff(reason, now)
 
-    def _backoff(self, reason: str) -> None:
-        self.failures += 1
-        self.last_failure = time.monotonic()
-        delay = min(MAX_BACKOFF, 2.0 ** (self.failures - 1))
-        self.next_spawn_at = time.monotonic() + delay
-        self.crash_reason = reason
-        log.error("children are failing at start; backing off", failures=self.failures,
-                  retry_in=delay, reason=reason)
-        self.notifier.notify(f"STATUS=crash loop ({self.failures} failures): {reason}"[:400])
-
-    def _end_crash_loop(self, now: float) -> None:
-        """Children boot and stay up again: clear the backoff, the title and STATUS.
-
-        Only a child forked after the last failure proves it: an old healthy child says
-        nothing about a sibling that keeps failing at boot, which must go on backing off."""
-        if self.failures and any(
-            c.ready and c.started_mono > self.last_failure and now - c.ready_mono >= BOOT_GRACE
-            for c in self._current()
-        ):
-            log.info("children are healthy again; crash loop over", failures=self.failures)
-            self.failures = 0
-            self.crash_reason = None
-            self.next_spawn_at = 0.0
+    def _backoff(self, reason: str, now: float) -> None:
+        self.crash_loop.failed(reason, now)
+        self.notifier.notify(f"STATUS=crash loop ({self.crash_loop.failures} failures): {reason}"[:400])
 
     def _current(self) -> list[Child]:
-        return [c for c in self.children if c.state in ("booting", "running")]
+        return [c for c in self.children if c.state.current]
 
     def _current_ready(self) -> int:
         return sum(1 for c in self._current() if c.ready)
 
-    def _ensure_children(self) -> None:
-        if self.stopping or time.monotonic() < self.next_spawn_at:
+    def _ensure_children(self, now: float) -> None:
+        if self.stopping or not self.crash_loop.may_spawn(now):
             return
         missing = self.target - len(self._current())
         if missing <= 0:
             return
-        # while children are failing, fork one at a time: never a fork storm
-        for _ in range(1 if self.failures else missing):
+        for _ in range(self.crash_loop.to_spawn(missing)):
             if self.spawn() is None:
                 break
-        if self.failures:
-            self.next_spawn_at = time.monotonic() + min(MAX_BACKOFF, 2.0 ** (self.failures - 1))
+        self.crash_loop.spawned(time.monotonic())
 
     def _retire_one_replaced(self) -> None:
         """A new child is ready: let one child waiting for its successor go."""
         for child in self.children:
-            if child.state == "retiring" and child.kill_cause is None and not child.data.get("_term_sent"):
-                child.data["_term_sent"] = True
+            if child.state is ChildState.RETIRING and child.kill_cause is None and not child.term_sent:
+                child.term_sent = True
                 self._signal(child, signal.SIGTERM)
                 break
         if self.reloading and not any(
-            c.state == "retiring" and not c.data.get("_term_sent") for c in self.children
+            c.state is ChildState.RETIRING and not c.term_sent for c in self.children
         ):
             self.reloading = False
             self.notifier.notify("READY=1", f"STATUS={self._status()}")
@@ -448,37 +333,36 @@ class Supervisor:
             os.kill(child.pid, signum)
 
     # --- signals -------------------------------------------------------------------------------
-    def stop(self, mode: str) -> None:
-        if self.stopping == "fast" or (self.stopping == mode):
+    def stop(self, mode: StopMode) -> None:
+        if self.stopping is StopMode.FAST or self.stopping is mode:
             return
         self.stopping = mode
-        grace = self.shutdown_timeout if mode == "graceful" else FAST_STOP_GRACE
+        grace = self.shutdown_timeout if mode is StopMode.GRACEFUL else FAST_STOP_GRACE
         self.stop_deadline = time.monotonic() + grace
-        log.info("stopping", mode=mode, children=len(self.children), timeout=grace)
-        self.notifier.notify("STOPPING=1", f"STATUS=stopping ({mode})",
+        log.info("stopping", mode=mode.value, children=len(self.children), timeout=grace)
+        self.notifier.notify("STOPPING=1", f"STATUS=stopping ({mode.value})",
                              f"EXTEND_TIMEOUT_USEC={int((grace + 10) * 1e6)}")
         for child in self.children:
-            child.state = "stopping"
-            self._signal(child, signal.SIGTERM if mode == "graceful" else signal.SIGINT)
+            child.state = ChildState.STOPPING
+            self._signal(child, signal.SIGTERM if mode is StopMode.GRACEFUL else signal.SIGINT)
 
     def reload(self) -> None:
         if self.stopping:
             return
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={int(time.monotonic() * 1e6)}")
         try:
-            self.app.reload()
+            settings = self.app.reload()
         except Exception as err:
             log.error("reload failed; keeping the running generation", error=f"{type(err).__name__}: {err}")
             self.notifier.notify("READY=1", f"STATUS=reload failed: {err}"[:400])
             return
+        self.configure(settings)
         self.generation += 1
         self.reloading = True
-        for child in self.children:
-            if child.state in ("booting", "running"):
-                child.state = "retiring"
+        for child in self._current():
+            child.state = ChildState.RETIRING
         log.info("reloading", generation=self.generation)
-        self.failures = 0
-        self.next_spawn_at = 0.0
+        self.crash_loop.reset()
 
     def grow(self) -> None:
         self.target += 1
@@ -492,7 +376,7 @@ class Supervisor:
         current = self._current()
         if len(current) > self.target:
             victim = max(current, key=lambda c: c.index)
-            victim.state = "stopping"
+            victim.state = ChildState.STOPPING
             self._signal(victim, signal.SIGTERM)
         log.info("one child fewer", target=self.target)
 
@@ -502,101 +386,48 @@ class Supervisor:
             self._signal(child, signal.SIGTSTP if quiet else signal.SIGCONT)
         log.info("quiet" if quiet else "resumed")
 
-    # --- watchdog ------------------------------------------------------------------------------
+    # --- housekeeping --------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         now = time.monotonic()
         if self.stopping:
             if now > self.stop_deadline:
-                cause = "shutdown timeout" if self.stopping == "graceful" else "interrupted"
                 for child in self.children:
                     if child.kill_cause is None:
-                        child.kill_cause = cause
+                        child.kill_cause = STOP_CAUSE[self.stopping]
                         self._signal(child, signal.SIGKILL)
-            elif self.stopping == "graceful" and now >= self.next_extend:
+            elif self.stopping is StopMode.GRACEFUL and now >= self.next_extend:
                 self.next_extend = now + 5
                 left = self.stop_deadline - now
                 self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int((left + 10) * 1e6)}")
         else:
-            self._end_crash_loop(now)
-            self._ensure_children()
-        self._enforce_timeouts(now)
+            self.crash_loop.end_if_healthy(self._current(), now)
+            self._ensure_children(now)
+        for child in self.children:
+            signum = watchdog.enforce(child, now, self.hard_timeout_grace)
+            if signum is not None:
+                self._signal(child, signum)
         self._recycle(now)
         if self.notifier.watchdog_interval and now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
             self.notifier.notify("WATCHDOG=1")
         self._set_title()
 
-    def _enforce_timeouts(self, now: float) -> None:
-        for child in self.children:
-            if len(child.slots) > 1:
-                self._enforce_timeouts_shared(child, now)
-                continue
-            state = child.slot.read()
-            if not state.busy or state.deadline is None or now < state.deadline:
-                child.timeout_label = None
-                continue
-            if child.timeout_label != f"{state.seq}":
-                child.timeout_label = f"{state.seq}"
-                child.timeout_sent = now
-                log.warning("hard timeout; interrupting the job", index=child.index, pid=child.pid,
-                            job=state.label)
-                self._signal(child, HARD_TIMEOUT_SIGNAL)
-            elif now - child.timeout_sent > self.hard_timeout_grace and child.kill_cause is None:
-                child.kill_cause = "hard timeout"
-                log.error("hard timeout; killing the child", index=child.index, pid=child.pid,
-                          job=state.label)
-                self._signal(child, signal.SIGKILL)
-
-    def _enforce_timeouts_shared(self, child: Child, now: float) -> None:
-        """A child running several jobs at once cannot interrupt one of them (a thread cannot
-        be interrupted, and a signal would hit whichever job the main thread runs): a job past
-        its hard timeout recycles the whole child at once. The application judges the jobs
-        (child_exited): the late ones failed, the others go back to their queues uncounted."""
-        if child.kill_cause is not None:
-            return
-        for slot in child.slots:
-            state = slot.read()
-            if state.busy and state.deadline is not None and now >= state.deadline:
-                child.kill_cause = "hard timeout"
-                log.error("hard timeout; killing the child", index=child.index, pid=child.pid,
-                          job=state.label, in_flight=child.busy_slots())
-                self._signal(child, signal.SIGKILL)
-                return
-
     def _recycle(self, now: float) -> None:
-        if self.stopping or self.reloading or any(c.state == "retiring" for c in self.children):
+        if self.stopping or self.reloading or any(c.state is ChildState.RETIRING for c in self.children):
             return  # at most one child recycling at a time
-        check_memory = self.max_memory and now >= self.next_memory_check
-        if check_memory:
-            self.next_memory_check = now + self.memory_check_interval
-        for child in self._current():
-            if not child.ready:
-                continue
-            reason = None
-            if child.max_jobs and child.jobs_done() >= child.max_jobs:
-                reason = "max jobs"
-            elif check_memory:
-                try:
-                    rss = psutil.Process(child.pid).memory_info().rss
-                except psutil.Error:
-                    continue
-                if self.max_memory and rss > self.max_memory and not child.born_over_memory:
-                    reason = "memory limit"
-            if reason:
-                log.info("recycling child", index=child.index, pid=child.pid, reason=reason)
-                child.state = "retiring"
-                child.data["_recycle_reason"] = reason
-                return
+        picked = self.recycler.pick(self._current(), now)
+        if picked is not None:
+            child, reason = picked
+            log.info("recycling child", index=child.index, pid=child.pid, reason=reason)
+            child.state = ChildState.RETIRING
 
     # --- status -------------------------------------------------------------------------------
     def _status(self) -> str:
         try:
-            line = self.app.status_line()
+            line = self.app.status_line(self.view())
         except Exception:
             line = f"{len(self.children)} children"
-        if self.failures and self.crash_reason:
-            line += f"; crash loop: {self.crash_reason}"
-        return line
+        return line + self.crash_loop.status()
 
     def _set_title(self) -> None:
         status = self._status()

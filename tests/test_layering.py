@@ -3,8 +3,9 @@
 - ``redis`` is imported at run time only where Redis commands are issued or Redis URLs are
   read: ``store/``, ``connection.py`` and ``redis_url.py``; elsewhere only under
   ``if TYPE_CHECKING:`` (for annotations);
-- ``supervisor`` (the generic prefork master) is imported only by ``server.py`` and
-  ``cli.py``, and ``supervisor/`` never imports ``prefork_work``.
+- ``supervisor`` (the generic prefork master) is imported only by ``server.py``, the one
+  module wiring it to the job system (the CLI reaches it through ``server.run``), and
+  ``supervisor/`` never imports ``prefork_work``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "prefork_work"
 REDIS_ALLOWED = {"store", "connection.py", "redis_url.py"}
-SUPERVISOR_ALLOWED = {"server.py", "cli.py"}
+SUPERVISOR_ALLOWED = {"server.py"}
 
 
 def _type_checking_block(node: ast.AST) -> bool:
@@ -69,7 +70,7 @@ def test_redis_is_imported_only_where_commands_are_issued() -> None:
     assert offenders == []
 
 
-def test_supervisor_is_imported_only_by_the_server_and_the_cli() -> None:
+def test_supervisor_is_imported_only_by_the_server() -> None:
     offenders = [
         str(path.relative_to(PACKAGE)) for path in modules(PACKAGE)
         if str(path.relative_to(PACKAGE)) not in SUPERVISOR_ALLOWED

@@ -462,7 +462,7 @@ def test_a_child_gives_back_its_prefetched_jobs_when_the_master_freezes(r) -> No
     # in process: the server's quiet test (MasterWatch) over a real Worker and Redis
     board = Scoreboard(1)
     board.liveness.stamp()
-    ctx = ChildContext(0, 0, board.slot(0), {}, -1, os.getpid(), "test", liveness=board.liveness)
+    ctx = ChildContext(0, 0, board.slot(0), -1, os.getpid(), "test", liveness=board.liveness)
     app = App()
     ran: list[str] = []
 

@@ -649,7 +649,7 @@ def test_priority_sampler_statistics(monkeypatch) -> None:
 
 
 def test_observation_args_match_go(r, vectors) -> None:
-    from prefork_work.worker import observation_args
+    from prefork_work.observations import observation_args
 
     cases = json.loads((vectors / "job_json.json").read_text())["args_cases"]
     checked = 0

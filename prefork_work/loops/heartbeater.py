@@ -47,8 +47,10 @@ class Heartbeater:
         self.host = host or hostname()
         self.interval = interval
 
-    def tick(self, now: float) -> None:
-        self.store.write_heartbeats([self._fields(info, now) for info in self.pools()])
+    def tick(self, now: float, pools: Iterable[PoolInfo] | None = None) -> None:
+        """Beat ``pools`` when given (the master passes its children's), else the callable's."""
+        beating = self.pools() if pools is None else pools
+        self.store.write_heartbeats([self._fields(info, now) for info in beating])
 
     def beat_one(self, info: PoolInfo, now: float) -> None:
         """One pool at once: a new child's heartbeat exists before its first fetch."""

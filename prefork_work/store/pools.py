@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from prefork_work.errors import MalformedJob
 from prefork_work.job import Job
 from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, translate_errors
-from prefork_work.store.queue import OBSERVATION_TTL_SECONDS
+
+OBSERVATION_TTL_SECONDS = 86400  # what gocraft gives an observation hash
 
 REAP_CLAIM_SECONDS = 60
 CRASH_COUNTER_SECONDS = 7 * 86400

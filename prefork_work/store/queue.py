@@ -13,8 +13,6 @@ from prefork_work.keys import Keys
 from prefork_work.outcome import Outcome
 from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, redis_errors, translate_errors
 
-OBSERVATION_TTL_SECONDS = 86400
-
 # outcomes whose ack carries "<score> <payload>" (a tuple of members: no enum lookup per job)
 _SCORED = (Outcome.RETRY, Outcome.DEAD)
 
@@ -73,8 +71,9 @@ class QueueStore(RedisStore):
     ) -> bool:
         """gocraft's unique enqueue: True when enqueued, False for a duplicate."""
         self.redis.sadd(self.keys.known_jobs(), name)
-        return self.run_script("enqueue_unique", *unique_call(
-            self.keys, name, unique_key, payload, stored, run_at)) == b"ok"
+        reply = self.run_script("enqueue_unique", *unique_call(
+            self.keys, name, unique_key, payload, stored, run_at))
+        return bool(reply == b"ok")
 
     # --- worker ---------------------------------------------------------------------------
     def fetch_keys(self, pool_id: str, name: str) -> list[str]:
@@ -166,39 +165,6 @@ class QueueStore(RedisStore):
         """GETDEL of a unique lock: atomic, unlike gocraft's GET then DEL (W13)."""
         value: bytes | None = self.redis.getdel(unique_key)
         return value
-
-    # --- observations (gocraft's observer hash) -------------------------------------------
-    @translate_errors
-    def observe_started(
-        self, worker_id: str, name: str, job_id: str, started_at: int, args_json: str
-    ) -> None:
-        key = self.keys.worker_observation(worker_id)
-        pipe = self.redis.pipeline(transaction=False)
-        # DEL first: gocraft's HMSET keeps a previous job's check-in fields (W20).
-        pipe.delete(key)
-        pipe.hset(
-            key,
-            mapping={
-                "job_name": name,
-                "job_id": job_id,
-                "started_at": started_at,
-                "args": args_json,
-            },
-        )
-        pipe.expire(key, OBSERVATION_TTL_SECONDS)
-        pipe.execute()
-
-    @translate_errors
-    def observe_checkin(self, worker_id: str, message: str, checkin_at: int) -> None:
-        key = self.keys.worker_observation(worker_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping={"checkin": message, "checkin_at": checkin_at})
-        pipe.expire(key, OBSERVATION_TTL_SECONDS)
-        pipe.execute()
-
-    @translate_errors
-    def observe_done(self, worker_id: str) -> None:
-        self.redis.delete(self.keys.worker_observation(worker_id))
 
     @translate_errors
     def set_max_concurrency(self, caps: dict[str, int]) -> None:

@@ -11,7 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from supervisor import ChildContext, HardTimeout, Interrupted, PeriodicTask, Supervisor
+from supervisor import (
+    ChildContext,
+    ChildView,
+    ExitInfo,
+    HardTimeout,
+    Interrupted,
+    MasterView,
+    PeriodicTask,
+    Supervisor,
+    SupervisorSettings,
+)
 
 
 class ToyApp:
@@ -19,14 +29,22 @@ class ToyApp:
         self.dir = directory
         self.options = options
         self.version = 1
+        self.versions: dict[int, int] = {}  # the app's own state of each child, by ChildView.key
+        self.settings = SupervisorSettings(
+            concurrency=options.get("concurrency", 2),
+            shutdown_timeout=options.get("shutdown_timeout", 5),
+            hard_timeout_grace=options.get("hard_timeout_grace", 1),
+            max_jobs_per_child=options.get("max_jobs"),
+            max_memory_per_child=options.get("max_memory"),
+        )
 
     def log(self, **event) -> None:
         event["t"] = time.monotonic()  # one clock for master and children: tests order events
         with open(self.dir / "events.log", "a") as handle:
             handle.write(json.dumps(event) + "\n")
 
-    def prepare_child(self, child) -> None:
-        child.data["version"] = self.version
+    def prepare_child(self, child: ChildView) -> None:
+        self.versions[child.key] = self.version
 
     def child_main(self, ctx: ChildContext) -> int:
         if self.options.get("fail_boot") or ctx.index in self.options.get("fail_boot_index", ()):
@@ -34,7 +52,7 @@ class ToyApp:
         allocate = self.options.get("allocate_mb", 0)
         ballast = bytearray(allocate * 1024 * 1024) if allocate else b""  # big from birth
         ctx.ready()
-        self.log(event="ready", pid=os.getpid(), index=ctx.index, version=ctx.data["version"])
+        self.log(event="ready", pid=os.getpid(), index=ctx.index, version=self.versions[ctx.key])
         if self.options.get("die_after_ready"):
             os._exit(1)  # ready, then dead with no job to blame
         job_seconds = self.options.get("job_seconds", 0.05)
@@ -73,19 +91,22 @@ class ToyApp:
         self.log(event="exit", pid=os.getpid())
         return 0
 
-    def child_exited(self, child, info) -> None:
+    def child_exited(self, child: ChildView, info: ExitInfo) -> None:
+        del self.versions[child.key]
         self.log(event="child_exited", pid=info.pid, cause=info.cause, describe=info.describe(),
-                 busy=child.slot.read().busy)
+                 busy=child.busy_slots() > 0, state=child.state.value)
 
-    def reload(self) -> None:
+    def reload(self) -> SupervisorSettings:
         self.version += 1
         self.log(event="reload", version=self.version)
+        return self.settings
 
-    def status_line(self) -> str:
-        return "[toy] ok"
+    def status_line(self, master: MasterView) -> str:
+        return f"[toy] {len(master.children)} children"
 
     def tasks(self) -> list[PeriodicTask]:
-        return [PeriodicTask("tick", 0.2, lambda now: self.log(event="tick"))]
+        return [PeriodicTask("tick", 0.2, lambda now, master: self.log(
+            event="tick", children=len(master.children), stopping=bool(master.stopping)))]
 
     def shutdown(self) -> None:
         self.log(event="shutdown")
@@ -94,14 +115,7 @@ class ToyApp:
 if __name__ == "__main__":
     directory = Path(sys.argv[1])
     options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    sup = Supervisor(
-        ToyApp(directory, options),
-        concurrency=options.get("concurrency", 2),
-        shutdown_timeout=options.get("shutdown_timeout", 5),
-        hard_timeout_grace=options.get("hard_timeout_grace", 1),
-        max_jobs_per_child=options.get("max_jobs"),
-        max_memory_per_child=options.get("max_memory"),
-        memory_check_interval=options.get("memory_check_interval", 0.5),
-        title="toy",
-    )
+    toy = ToyApp(directory, options)
+    sup = Supervisor(toy, toy.settings, title="toy",
+                     memory_check_interval=options.get("memory_check_interval", 0.5))
     sys.exit(sup.run())
