@@ -346,7 +346,7 @@ class Client:
         return None  # claimed, not (yet) observed: prefetched, or started under a second ago
 
     # --- internals ---------------------------------------------------------------------------------
-    def _page(self, zset: str, page: int, wrap: type) -> tuple[list, int]:
+    def _page(self, zset: str, page: int, wrap: type) -> tuple[list[Any], int]:
         page = max(page, 1)
         members, total = self.store.zset_page(zset, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         result = []

@@ -66,7 +66,7 @@ def redis_from_url(
     if url.startswith("unix://"):
         # socket_connect_timeout is a TCP option; redis-py's UnixDomainSocketConnection rejects it.
         kwargs.pop("socket_connect_timeout")
-    return redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
+    return redis.Redis.from_url(url, **kwargs)
 
 
 def _settings_options(url: str, settings: RedisConfig) -> dict[str, object]:

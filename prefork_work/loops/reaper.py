@@ -155,6 +155,6 @@ class DeadPoolReaper:
 def process_alive(pid: int) -> bool:
     """A zombie is dead: an orphaned child whose new parent does not reap it stays one."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False

@@ -90,5 +90,6 @@ class AsyncQueueStore:
         self, name: str, unique_key: str, payload: bytes, stored: bytes, run_at: int | None
     ) -> bool:
         await self.redis.sadd(self.keys.known_jobs(), name)
-        return await self.run_script("enqueue_unique", *unique_call(
-            self.keys, name, unique_key, payload, stored, run_at)) == b"ok"
+        reply = await self.run_script("enqueue_unique", *unique_call(
+            self.keys, name, unique_key, payload, stored, run_at))
+        return bool(reply == b"ok")
