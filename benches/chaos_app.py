@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-import redis
-
+from benches.peers._common import process_client
 from prefork_work.app import App
 from prefork_work.errors import JobTimeout
 from prefork_work.job import Job
@@ -24,19 +23,11 @@ from supervisor import HardTimeout
 RUNS_KEY = "chaos:runs"
 
 app = App()
-_evidence: tuple[int, redis.Redis] | None = None
-
-
-def evidence() -> redis.Redis:
-    """This process's client (a forked child must not share its parent's socket)."""
-    global _evidence
-    if _evidence is None or _evidence[0] != os.getpid():
-        _evidence = (os.getpid(), redis.Redis.from_url(os.environ["CHAOS_EVIDENCE_URL"]))
-    return _evidence[1]
 
 
 def record(job: Job, phase: str) -> None:
-    evidence().rpush(RUNS_KEY, f"{phase} {job.id} {os.getpid()} {time.time():.3f}")
+    evidence = process_client(os.environ["CHAOS_EVIDENCE_URL"])
+    evidence.rpush(RUNS_KEY, f"{phase} {job.id} {os.getpid()} {time.time():.3f}")
 
 
 @app.job("work", max_fails=1)

@@ -20,13 +20,12 @@ concurrency: ``--children`` processes x ``--slots`` jobs in flight each.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from benches.common import ROOT, bench_env, print_table, start_group, write_json
+from benches.common import bench_env, print_table, start_group, write_json
 from benches.throughput import (
     PreforkWork,
     RunResult,
@@ -41,28 +40,19 @@ WAIT = 0.05
 
 class PreforkWorkIO(PreforkWork):
     note = "enqueue_many"
+    app = "benches.io_app:app"
 
     def __init__(self, python: str, mode: str, slots: int) -> None:
         super().__init__(python)
         self.mode, self.slots = mode, slots
+        self.server = f"jobs_per_child = {slots}"
 
     def concurrency(self, children: int) -> str:
         kind = "async" if self.mode == "async" else "threads"
         return f"{children} proc x {self.slots} ({kind})"
 
-    def start(self, url: str, children: int, names: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
-        config = tmp / "work.toml"
-        config.write_text(
-            f'[redis]\nurl = "{url}"\n\n'
-            f'[server]\nnamespace = "bench"\napp = "benches.io_app:app"\n'
-            f"concurrency = {children}\njobs_per_child = {self.slots}\n"
-            f"python_path = [{json.dumps(str(ROOT))}]\n"
-            f'state_dir = {json.dumps(str(tmp / "state"))}\nshutdown_timeout = 5.0\n\n'
-            '[log]\nlevel = "warning"\nformat = "json"\n'
-        )
-        argv = [self.python, "-m", "prefork_work.cli", "-c", str(config)]
-        env = bench_env(url, names, BENCH_IO_MODE=self.mode, BENCH_IO_WAIT=str(WAIT))
-        return [start_group(argv, env=env, log=tmp / "prefork-work.log")]
+    def env(self, url: str, names: int) -> dict[str, str]:
+        return bench_env(url, names, BENCH_IO_MODE=self.mode, BENCH_IO_WAIT=str(WAIT))
 
 
 class PeerIO(System):

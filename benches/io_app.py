@@ -12,11 +12,11 @@ import os
 import time
 
 from benches.done import DoneCounter
+from benches.peers._common import IO_WAIT
 from prefork_work.app import App
 from prefork_work.job import Job
 
 COUNTER = os.environ.get("BENCH_COUNTER_KEY", "bench:done")
-WAIT = float(os.environ.get("BENCH_IO_WAIT", "0.05"))
 MODE = os.environ.get("BENCH_IO_MODE", "async")
 
 app = App()
@@ -24,12 +24,12 @@ done = DoneCounter(os.environ.get("BENCH_REDIS_URL", ""), COUNTER)
 
 
 async def _wait_async(job: Job) -> None:
-    await asyncio.sleep(WAIT)
+    await asyncio.sleep(IO_WAIT)
     done()
 
 
 def _wait_sync(job: Job) -> None:
-    time.sleep(WAIT)
+    time.sleep(IO_WAIT)
     done()
 
 

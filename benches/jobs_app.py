@@ -14,27 +14,14 @@ from __future__ import annotations
 import os
 import time
 
-import redis
-
 from benches.done import DoneCounter
-from benches.peers._common import LATENCY_KEY
+from benches.peers._common import LATENCY_KEY, URL, process_client
 from prefork_work.app import App
 from prefork_work.job import Job
 
 COUNTER = os.environ.get("BENCH_COUNTER_KEY", "bench:done")
 
 app = App()
-
-_client: tuple[int, redis.Redis] | None = None
-
-
-def client() -> redis.Redis:
-    """One client per process (the module is imported by the master before it forks)."""
-    global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]))
-    return _client[1]
-
 
 done = DoneCounter(os.environ.get("BENCH_REDIS_URL", ""), COUNTER)
 
@@ -52,5 +39,5 @@ for _i in range(int(os.environ.get("BENCH_JOB_NAMES", "5"))):
 def latency(job: Job) -> None:
     started = time.time()
     sent = job.args["t"] if job.args else started
-    client().rpush(LATENCY_KEY, repr(started - float(sent)))
-    client().incr(COUNTER)
+    process_client(URL).rpush(LATENCY_KEY, repr(started - float(sent)))
+    process_client(URL).incr(COUNTER)

@@ -46,7 +46,6 @@ from benches.common import (
     bench_env,
     median,
     print_table,
-    start_group,
     write_json,
 )
 from benches.throughput import PreforkWork, RunResult, run_once
@@ -60,24 +59,14 @@ class Variant(PreforkWork):
         super().__init__(sys.executable)
         self.name = label
         self.server = server
-        self.env = env or {}
+        self.extra_env = env or {}
         self.tree = tree
 
-    def start(self, url: str, children: int, names: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
-        config = tmp / "work.toml"
-        config.write_text(
-            f'[redis]\nurl = "{url}"\n\n'
-            f'[server]\nnamespace = "bench"\napp = "benches.jobs_app:app"\n'
-            f"concurrency = {children}\npython_path = [{json.dumps(str(ROOT))}]\n"
-            f'state_dir = {json.dumps(str(tmp / "state"))}\nshutdown_timeout = 5.0\n'
-            f"{self.server}\n"
-            '[log]\nlevel = "warning"\nformat = "json"\n'
-        )
-        env = bench_env(url, names, **self.env)
+    def env(self, url: str, names: int) -> dict[str, str]:
+        env = bench_env(url, names, **self.extra_env)
         if self.tree is not None:  # that checkout's prefork_work first on the path
             env["PYTHONPATH"] = os.pathsep.join([str(self.tree), env["PYTHONPATH"]])
-        argv = [self.python, "-m", "prefork_work.cli", "-c", str(config)]
-        return [start_group(argv, env=env, log=tmp / "prefork-work.log")]
+        return env
 
 
 class _Unobserved:

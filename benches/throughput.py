@@ -147,17 +147,24 @@ class PreforkWork(System):
         client.close()
         return elapsed
 
+    app = "benches.jobs_app:app"
+    server = ""  # more [server] lines (the overhead bench's variants, the I/O bench's slots)
+
+    def env(self, url: str, names: int) -> dict[str, str]:
+        return bench_env(url, names)
+
     def start(self, url: str, children: int, names: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
         config = tmp / "work.toml"
         config.write_text(
             f'[redis]\nurl = "{url}"\n\n'
-            f'[server]\nnamespace = "bench"\napp = "benches.jobs_app:app"\n'
+            f'[server]\nnamespace = "bench"\napp = "{self.app}"\n'
             f"concurrency = {children}\npython_path = [{json.dumps(str(ROOT))}]\n"
-            f'state_dir = {json.dumps(str(tmp / "state"))}\nshutdown_timeout = 5.0\n\n'
+            f'state_dir = {json.dumps(str(tmp / "state"))}\nshutdown_timeout = 5.0\n'
+            f"{self.server}\n\n"
             '[log]\nlevel = "warning"\nformat = "json"\n'
         )
         argv = [self.python, "-m", "prefork_work.cli", "-c", str(config)]
-        return [start_group(argv, env=bench_env(url, names), log=tmp / "prefork-work.log")]
+        return [start_group(argv, env=self.env(url, names), log=tmp / "prefork-work.log")]
 
 
 @dataclass

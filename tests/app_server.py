@@ -1,23 +1,46 @@
-"""`prefork-work` as a subprocess on a job module the test writes: for the application tests
-(hooks, databases, Django, contrib), which need their own job modules and environment."""
+"""`prefork-work` as a subprocess on a job module the test writes: the real-server tests'
+master (conftest.Master: children, signals, a stop that fails the test if it had to SIGKILL),
+with its config, log and the evidence file the jobs append to (env EVIDENCE)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import psutil
-from conftest import read_records, wait_until
+from conftest import Master, read_records, wait_until
+
+from prefork_work.keys import Keys
+
+# The head of a job module whose jobs append a JSON line per event to $EVIDENCE (records()):
+# record(job, phase="start") notes the job, the pid of the child running it, the time and the
+# module's VERSION (a test may swap the module for another version).
+RECORDING_APP = textwrap.dedent('''
+    import json, os, time
+    from prefork_work.app import App
+
+    EVIDENCE = os.environ["EVIDENCE"]
+    VERSION = "v1"
+    app = App()
+
+    def record(job, **extra):
+        line = dict(id=job.id, name=job.name, pid=os.getpid(), at=time.time(), version=VERSION,
+                    **extra)
+        with open(EVIDENCE, "a") as handle:
+            handle.write(json.dumps(line) + "\\n")
+''')
 
 
-class AppServer:
+class AppServer(Master):
     def __init__(self, directory: Path, redis_url: str, module_source: str | None,
                  module: str = "jobs_app", namespace: str = "apps", env: dict[str, str] | None = None,
-                 python_path: list[str] | None = None, **server_options: object) -> None:
+                 python_path: list[str] | None = None, redis_options: dict[str, object] | None = None,
+                 log_level: str = "debug", **server_options: object) -> None:
+        super().__init__()
         self.dir = directory
         self.evidence = directory / "evidence.log"
         if module_source is not None:
@@ -28,73 +51,69 @@ class AppServer:
             "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 0.5,
         }
         options.update(server_options)
-        lines = ["[redis]", f"url = {json.dumps(redis_url)}", "[server]"]
+        self.namespace = str(options["namespace"])
+        self.keys = Keys(self.namespace)
+        lines = ["[redis]", f"url = {json.dumps(redis_url)}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (redis_options or {}).items()]
+        lines += ["[server]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
-        lines += ["[log]", 'format = "json"', 'level = "debug"']
+        lines += ["[log]", 'format = "json"', f"level = {json.dumps(log_level)}"]
         self.config = directory / "work.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.log = directory / "server.log"
         self.env = dict(os.environ, EVIDENCE=str(self.evidence), **(env or {}))
         self.concurrency = int(options["concurrency"])  # type: ignore[call-overload]
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> AppServer:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefork_work.cli", "-c", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env,
-        )
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> AppServer:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "prefork_work.cli", "-c", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=dict(self.env, **(env or {})),
+            )
         if wait:
             wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+    def cli(self, *args: str, input: str | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """``prefork-work -c CONFIG ARGS...`` in the server's environment."""
+        return subprocess.run([sys.executable, "-m", "prefork_work.cli", "-c", str(self.config), *args],
+                              capture_output=True, text=True, input=input, timeout=timeout,
+                              env=self.env)
 
-    def children(self) -> list[psutil.Process]:
-        try:
-            candidates = psutil.Process(self.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        alive = []
-        for child in candidates:
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(child)
-            except psutil.NoSuchProcess:
-                continue
-        return alive
+    def busy_child(self, timeout: float = 10) -> psutil.Process:
+        def find() -> psutil.Process | None:
+            for child in self.children():
+                try:
+                    if " busy " in " ".join(child.cmdline()):
+                        return child
+                except psutil.Error:
+                    continue
+            return None
 
-    def records(self) -> list[dict]:
-        return read_records(self.evidence)
+        return wait_until(find, timeout, 0.05, "a busy child")  # type: ignore[return-value]
+
+    def records(self, phase: str | None = None, name: str | None = None) -> list[dict]:
+        """The evidence file's records, those of one ``phase`` and job ``name`` if given."""
+        return [rec for rec in read_records(self.evidence)
+                if (phase is None or rec.get("phase") == phase)
+                and (name is None or rec.get("name") == name)]
 
     def events(self, event: str) -> list[dict]:
         return [e for e in self.records() if e.get("event") == event]
 
-    def signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait(self, timeout: float = 20) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def log_lines(self) -> list[dict]:
+    def log_lines(self, event: str | None = None, offset: int = 0) -> list[dict]:
+        """The server's JSON log lines (master and children), from byte ``offset`` on, those of
+        one ``event`` if given."""
+        with open(self.log, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", "replace")
         lines = []
-        for line in self.log.read_text(errors="replace").splitlines():
+        for line in text.splitlines():
             try:
-                lines.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(record, dict) and (event is None or record.get("event") == event):
+                lines.append(record)
         return lines
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                for child in self.children():
-                    child.kill()
-                self.process.kill()
-                self.process.wait(5)

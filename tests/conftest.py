@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
@@ -36,7 +37,25 @@ from prefork_work.testing import (  # noqa: F401  (fixtures and a hook, found by
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vectors"
 
-__all__ = ["RedisServer", "read_records", "wait_until"]
+__all__ = ["RedisServer", "free_port", "read_records", "wait_until"]
+
+
+def free_port(bus: bool = False) -> int:
+    """A free loopback port; with ``bus``, one whose cluster bus port (port + 10000) is free too."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if not bus:
+            return port
+        if port + 10000 < 65536:
+            with socket.socket() as other:
+                try:
+                    other.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
 
 
 @pytest.fixture(autouse=True)
@@ -154,9 +173,14 @@ class Master:
     """
 
     process: subprocess.Popen[bytes] | None = None
+    stop_signal: int = signal.SIGTERM
+    stop_timeout: float = 15.0
+    forks_only: bool = False
 
-    def __init__(self) -> None:
+    def __init__(self, process: subprocess.Popen[bytes] | None = None) -> None:
         self.killed: list[str] = []
+        if process is not None:
+            self.process = process
 
     @property
     def pid(self) -> int:
@@ -164,21 +188,27 @@ class Master:
         return self.process.pid
 
     def children(self) -> list[psutil.Process]:
-        """The master's children that are alive (not zombies) right now."""
+        """The master's children that are alive (not zombies) right now; with ``forks_only``,
+        only those running the master's program (a library may briefly run a helper program,
+        e.g. ctypes' ldconfig, which is no child of the server's)."""
         if self.process is None:
             return []
         try:
-            candidates = psutil.Process(self.process.pid).children()
+            master = psutil.Process(self.process.pid)
+            candidates, program = master.children(), master.exe() if self.forks_only else ""
         except psutil.NoSuchProcess:
             return []
         alive = []
         for child in candidates:  # one child dying while we look must not hide the others
             try:
-                if child.status() != psutil.STATUS_ZOMBIE:
+                if child.status() != psutil.STATUS_ZOMBIE and (not program or child.exe() == program):
                     alive.append(child)
             except psutil.NoSuchProcess:
                 continue
         return alive
+
+    def child_pids(self) -> list[int]:
+        return sorted(child.pid for child in self.children())
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -188,15 +218,16 @@ class Master:
         assert self.process is not None
         return self.process.wait(timeout)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait; kill (and record in ``killed``) whatever outlives ``timeout``."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """``stop_signal`` and wait; kill (and record in ``killed``) whatever outlives
+        ``timeout`` (``stop_timeout`` unless given)."""
         if self.process is None:
             return None
         children = self.children()
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(self.stop_signal)
             try:
-                self.process.wait(timeout)
+                self.process.wait(self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 self.killed.append(f"master {self.process.pid}")
                 self.process.kill()

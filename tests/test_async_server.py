@@ -7,18 +7,15 @@ file, as in test_server_jobs.py.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
 import psutil
 import pytest
-from conftest import read_records, wait_until
+from app_server import RECORDING_APP, AppServer
+from conftest import stop_all, wait_until
 
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.inflight import ISOLATE
@@ -28,17 +25,8 @@ from prefork_work.keys import Keys
 NS = "ta"
 K = Keys(NS)
 
-APP = textwrap.dedent('''
-    import asyncio, json, os, time
-    from prefork_work.app import App
-
-    EVIDENCE = os.environ["EVIDENCE"]
-    app = App()
-
-    def record(job, **extra):
-        line = dict(id=job.id, name=job.name, pid=os.getpid(), at=time.time(), **extra)
-        with open(EVIDENCE, "a") as handle:
-            handle.write(json.dumps(line) + "\\n")
+APP = RECORDING_APP + textwrap.dedent('''
+    import asyncio
 
     @app.job("wait")
     async def wait(job):
@@ -87,62 +75,10 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Server:
-    def __init__(self, tmp_path: Path, redis_url: str, **options: object) -> None:
-        self.evidence = tmp_path / "evidence.log"
-        (tmp_path / "ta_app.py").write_text(APP)
-        settings = {"namespace": NS, "app": "ta_app:app", "python_path": [str(tmp_path)],
-                    "concurrency": 1, "jobs_per_child": 10, "shutdown_timeout": 10.0,
-                    "hard_timeout_grace": 1.0}
-        settings.update(options)
-        lines = ["[redis]", f'url = "{redis_url}"', "[server]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        lines += ["[log]", 'format = "json"', 'level = "info"']
-        self.config = tmp_path / "work.toml"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.log = tmp_path / "server.log"
-        self.concurrency = int(settings["concurrency"])  # type: ignore[call-overload]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        env = dict(os.environ, EVIDENCE=str(self.evidence))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefork_work.cli", "-c", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
-        wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
-        return self
-
-    def children(self) -> list[int]:
-        assert self.process is not None
-        try:
-            master = psutil.Process(self.process.pid)
-            found, program = master.children(), master.exe()
-        except psutil.NoSuchProcess:
-            return []
-        pids = []
-        for child in found:
-            try:
-                # forks of the master only: a library may briefly run a helper program
-                # (e.g. ctypes' ldconfig), which start() must not take for a child
-                if child.status() != psutil.STATUS_ZOMBIE and child.exe() == program:
-                    pids.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        return sorted(pids)
-
-    def records(self, phase: str | None = None, name: str | None = None) -> list[dict]:
-        return [rec for rec in read_records(self.evidence)
-                if (phase is None or rec.get("phase") == phase)
-                and (name is None or rec["name"] == name)]
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # fast: jobs still running are requeued
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+class Server(AppServer):
+    # a fast stop: jobs still running are requeued; a library may run a helper program
+    # (ctypes' ldconfig) that start() must not take for a child
+    stop_signal, stop_timeout, forks_only = signal.SIGINT, 20.0, True
 
 
 @pytest.fixture
@@ -150,13 +86,15 @@ def server(tmp_path, redis_url, r):
     started: list[Server] = []
 
     def make(**options: object) -> Server:
-        srv = Server(tmp_path, redis_url, **options)
+        options = {"concurrency": 1, "jobs_per_child": 10, "shutdown_timeout": 10.0,
+                   "hard_timeout_grace": 1.0, **options}
+        srv = Server(tmp_path, redis_url, APP, module="ta_app", namespace=NS, log_level="info",
+                     **options)
         started.append(srv)
         return srv.start()
 
     yield make
-    for srv in started:
-        srv.stop()
+    stop_all(started)
 
 
 def in_progress(r) -> list[bytes]:
@@ -172,7 +110,7 @@ def title(pid: int) -> str:
 
 def test_one_pool_per_child_slots_observed_and_sigkill_requeues_all(server, r) -> None:
     srv = server(jobs_per_child=4)
-    (child,) = srv.children()
+    (child,) = srv.child_pids()
     jobs = Enqueuer(NS, r).enqueue_many([("wait", {"s": 30})] * 2 + [("note", {"s": 30})])
     wait_until(lambda: len(srv.records("start")) == 3, 10, message="three jobs in flight")
     # gocraft's model: one pool of concurrency 4, a worker id per slot
@@ -195,7 +133,7 @@ def test_one_pool_per_child_slots_observed_and_sigkill_requeues_all(server, r) -
     # SIGKILL: all three go back to their queue at once, and a new child is up within 1 s
     killed_at = time.monotonic()
     os.kill(child, signal.SIGKILL)
-    wait_until(lambda: [p for p in srv.children() if p != child], 5, 0.01, "a new child")
+    wait_until(lambda: [p for p in srv.child_pids() if p != child], 5, 0.01, "a new child")
     assert time.monotonic() - killed_at < 1.0
 
     def back() -> dict[str, Job]:  # queued, or already fetched again by the new child
@@ -256,7 +194,7 @@ def test_sigint_requeues_every_job_in_flight(server, r) -> None:
 
 def test_hard_timeout_of_a_threaded_job_recycles_the_child_and_spares_the_others(server, r) -> None:
     srv = server(jobs_per_child=4)
-    (child,) = srv.children()
+    (child,) = srv.child_pids()
     enqueuer = Enqueuer(NS, r)
     others = enqueuer.enqueue_many([("block", {"s": 2})] * 2)
     wait_until(lambda: len(srv.records("start")) == 2, 10, message="two jobs in flight")
@@ -264,7 +202,7 @@ def test_hard_timeout_of_a_threaded_job_recycles_the_child_and_spares_the_others
     wait_until(lambda: r.zcard(K.dead()) == 1, 10, 0.05, "the late job failed")
     (dead,) = [Job.from_json(m) for m in r.zrange(K.dead(), 0, -1)]
     assert dead.id == hang.id and dead.err == "hard timeout after 0.5s"
-    assert child not in srv.children()  # the child was killed: a thread cannot be interrupted
+    assert child not in srv.child_pids()  # the child was killed: a thread cannot be interrupted
     # the others ran again in the new child, uncounted
     wait_until(lambda: {rec["id"] for rec in srv.records("end")} == {j.id for j in others},
                10, 0.05, "the others done")
@@ -286,7 +224,7 @@ def test_max_concurrency_stays_exact_across_slots_and_children(server, r) -> Non
 
 def test_pause_stops_new_fetches_and_max_jobs_recycles_after_in_flight(server, r) -> None:
     srv = server(jobs_per_child=4, max_jobs_per_child=4)
-    (child,) = srv.children()
+    (child,) = srv.child_pids()
     r.set(K.paused("wait"), "1")
     Enqueuer(NS, r).enqueue_many([("wait", {"s": 1.0})] * 4)
     time.sleep(0.5)
@@ -295,7 +233,7 @@ def test_pause_stops_new_fetches_and_max_jobs_recycles_after_in_flight(server, r
     r.lpush(K.wake(), "1")
     wait_until(lambda: len(srv.records("start")) == 4, 10, 0.05, "the four jobs started")
     # the budget is spent: the child is recycled, but only once its jobs in flight are done
-    wait_until(lambda: child not in srv.children(), 10, 0.05, "the child recycled")
+    wait_until(lambda: child not in srv.child_pids(), 10, 0.05, "the child recycled")
     ends = srv.records("end")
     assert len(ends) == 4 and {rec["pid"] for rec in ends} == {child}
     assert not in_progress(r)
@@ -305,10 +243,10 @@ def test_memory_limit_recycles_only_after_the_jobs_in_flight(server, r) -> None:
     # the master checks RSS every 5 s: jobs of 6.5 s are still in flight at the first check
     # after the hog grew the child, and must all finish in it, none failed or requeued
     srv = server(jobs_per_child=4, max_memory_per_child=80)
-    (child,) = srv.children()
+    (child,) = srv.child_pids()
     Enqueuer(NS, r).enqueue_many([("hog", {"mb": 200, "s": 6.5})] + [("wait", {"s": 6.5})] * 3)
     wait_until(lambda: len(srv.records("start")) == 4, 10, 0.05, "the four jobs started")
-    wait_until(lambda: child not in srv.children() and len(srv.children()) == 1, 20, 0.05,
+    wait_until(lambda: child not in srv.child_pids() and len(srv.child_pids()) == 1, 20, 0.05,
                "the child recycled")
     ends = srv.records("end")
     assert len(ends) == 4 and {rec["pid"] for rec in ends} == {child}

@@ -7,18 +7,15 @@ of nodes), and the clients must work through redis-py's RedisCluster.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import read_records, wait_until
+from conftest import free_port, read_records, stop_all, wait_until
 from redis.cluster import RedisCluster
 
 from prefork_work.app import App
@@ -36,28 +33,12 @@ NS = "{pw}"
 K = Keys(NS)
 
 
-def free_port() -> int:
-    # the cluster bus listens on port + 10000: both must be free
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + 10000 < 65536:
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair")
-
-
 class ClusterNode:
     """One redis-server in cluster mode holding every slot; it keeps its slots across a restart
     (nodes.conf), not its data."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = free_port()
+        self.port = free_port(bus=True)  # the cluster bus listens on port + 10000
         self.argv = [
             find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf"),
@@ -167,10 +148,7 @@ def test_server_runs_on_a_cluster_and_rides_out_its_outage(rc, cluster_node, tmp
         srv.start()
         enqueuer = Enqueuer(NS, rc)
         # the enqueue command reaches the cluster through the same config
-        command = [sys.executable, "-m", "prefork_work.cli", "-c", str(srv.config), "enqueue",
-                   "record", '{"i": 1}']
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30,
-                              env=dict(os.environ, EVIDENCE=str(srv.evidence)))
+        done = srv.cli("enqueue", "record", '{"i": 1}')
         assert done.returncode == 0, done.stderr
         job_id = done.stdout.strip()
         wait_until(lambda: [e for e in read_records(srv.evidence) if e["id"] == job_id], 10)
@@ -193,4 +171,4 @@ def test_server_runs_on_a_cluster_and_rides_out_its_outage(rc, cluster_node, tmp
         assert srv.wait(20) == 0
         assert rc.scard(K.worker_pools()) == 0  # heartbeats removed on the way out
     finally:
-        srv.stop()
+        stop_all([srv])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from app_server import AppServer
-from conftest import wait_until
+from conftest import stop_all, wait_until
 
 from prefork_work.enqueuer import Enqueuer
 
@@ -28,7 +28,7 @@ def django_server(tmp_path, redis_url, r, postgres_dsn):
                        python_path=[str(PROJECT)])
     server.table = table  # type: ignore[attr-defined]
     yield server
-    server.stop()
+    stop_all([server])
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
 

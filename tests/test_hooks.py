@@ -9,7 +9,7 @@ import time
 
 import pytest
 from app_server import AppServer
-from conftest import wait_until
+from conftest import stop_all, wait_until
 
 from prefork_work.app import App, HookFailed
 from prefork_work.enqueuer import Enqueuer
@@ -73,8 +73,7 @@ def app_server(tmp_path, redis_url, r):
         return server
 
     yield make
-    for server in servers:
-        server.stop()
+    stop_all(servers)
 
 
 def pids(events: list[dict]) -> list[int]:

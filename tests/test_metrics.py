@@ -3,17 +3,12 @@ including a child SIGKILLed under a job, a poison job, child recycling and a mas
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-import psutil
 import pytest
-from conftest import wait_until
+from app_server import AppServer
+from conftest import stop_all, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from prefork_work import App, Client, Enqueuer, Worker
@@ -70,83 +65,18 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-class Server:
-    def __init__(self, tmp_path: Path, redis_url: str) -> None:
-        (tmp_path / "met_app.py").write_text(APP)
-        self.config = tmp_path / "work.toml"
-        self.config.write_text(textwrap.dedent(f'''
-            [redis]
-            url = "{redis_url}"
-            [server]
-            namespace = "{NS}"
-            app = "met_app:app"
-            python_path = [{json.dumps(str(tmp_path))}]
-            concurrency = 2
-            max_crashes = 2
-            max_jobs_per_child = 7
-            shutdown_timeout = 5.0
-            [log]
-            format = "json"
-            level = "warning"
-        '''))
-        self.log = tmp_path / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefork_work.cli", "-c", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        wait_until(lambda: len(self.children()) == 2, 15, message="children")
-        return self
-
-    def children(self) -> list[psutil.Process]:
-        assert self.process is not None
-        try:
-            kids = psutil.Process(self.process.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        return [c for c in kids if _alive(c)]
-
-    def busy_child(self) -> psutil.Process:
-        def find() -> psutil.Process | None:
-            for child in self.children():
-                try:
-                    if " busy " in " ".join(child.cmdline()):
-                        return child
-                except psutil.Error:
-                    continue
-            return None
-
-        return wait_until(find, 10, 0.05, "a busy child")  # type: ignore[return-value]
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.fixture
 def server(tmp_path, redis_url, r):
-    servers: list[Server] = []
+    servers: list[AppServer] = []
 
-    def make() -> Server:
-        servers.append(Server(tmp_path, redis_url))
+    def make() -> AppServer:
+        servers.append(AppServer(tmp_path, redis_url, APP, module="met_app", namespace=NS,
+                                 log_level="warning", max_crashes=2, max_jobs_per_child=7,
+                                 hard_timeout_grace=5.0))
         return servers[-1]
 
     yield make
-    for srv in servers:
-        srv.stop()
+    stop_all(servers)
 
 
 def test_metrics_are_exact_across_kills_recycling_and_restarts(server, r, redis_url) -> None:

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import pytest
 from app_server import AppServer
-from conftest import wait_until
+from conftest import stop_all, wait_until
 
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.keys import Keys
@@ -97,8 +97,7 @@ def pg_server(tmp_path, redis_url, r, postgres_dsn, pg_table):
         return server
 
     yield make
-    for server in servers:
-        server.stop()
+    stop_all(servers)
 
 
 def query(dsn: str, sql: str, *params: object) -> list[tuple]:

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
-from conftest import wait_until
+from conftest import free_port, stop_all, wait_until
+from test_server import Server, run_one_job_and_stop  # the real-process harness of the server tests
 
 from prefork_work.config import config_warnings, load_config
 from prefork_work.connection import redis_from_url
@@ -114,12 +111,6 @@ def test_good_urls_load(tmp_path) -> None:
 
 
 # --- a Redis that wants a password ------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def auth_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     directory = tmp_path_factory.mktemp("auth-redis")
@@ -227,60 +218,22 @@ def test_warns_about_a_readable_config_holding_a_password(tmp_path) -> None:
     assert "redis.password_file and is readable by group and others" in config_warnings(separate)[0]
 
 
-APP = textwrap.dedent('''
-    import os
-    from prefork_work.app import App
-
-    app = App()
-
-    @app.job("record")
-    def record(job):
-        with open(os.environ["EVIDENCE"], "a") as handle:
-            handle.write(job.id + "\\n")
-''')
-
-
 def test_server_and_cli_use_a_systemd_credential(tmp_path, auth, auth_redis) -> None:
     """As under the README's unit: password_file names a credential LoadCredential= put in
     $CREDENTIALS_DIRECTORY; the master, its child and the CLI all authenticate with it, the
     one warning (a password file others can read) is logged once, the password never."""
-    (tmp_path / "sec_jobs.py").write_text(APP)
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "redis-password").write_text(PASSWORD + "\n")
     (credentials / "redis-password").chmod(0o644)
-    config = tmp_path / "work.toml"
-    config.write_text(textwrap.dedent(f'''\
-        [redis]
-        url = "redis://127.0.0.1:{auth_redis}/0"
-        password_file = "redis-password"
-        [server]
-        namespace = "{NS}"
-        app = "sec_jobs:app"
-        python_path = ["."]
-        concurrency = 1
-        shutdown_timeout = 5.0
-        [log]
-        format = "json"
-        level = "debug"
-    '''))
-    evidence, log = tmp_path / "evidence.log", tmp_path / "server.log"
-    env = dict(os.environ, CREDENTIALS_DIRECTORY=str(credentials), EVIDENCE=str(evidence))
-    server = subprocess.Popen([sys.executable, "-m", "prefork_work.cli", "-c", str(config)],
-                              stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
+    srv = Server(tmp_path, f"redis://127.0.0.1:{auth_redis}/0", namespace=NS, concurrency=1,
+                 redis_options={"password_file": "redis-password"},
+                 env={"CREDENTIALS_DIRECTORY": str(credentials)})
     try:
-        enqueued = cli("-c", str(config), "enqueue", "record", "-", input="{}", env=env)
-        assert enqueued.returncode == 0, enqueued.stderr
-        job_id = enqueued.stdout.strip().splitlines()[-1]
-        wait_until(lambda: evidence.exists() and job_id in evidence.read_text(), 20,
-                   message="the job to run")
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(20) == 0
+        run_one_job_and_stop(srv, "-", input="{}")
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(5)
-    text = log.read_text()
+        stop_all([srv])
+    text = srv.log.read_text()
     assert leaks(text) == []
     warnings = [json.loads(line) for line in text.splitlines()
                 if line.startswith("{") and '"config warning"' in line]

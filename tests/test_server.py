@@ -3,7 +3,6 @@ SIGKILLs of children and master, and what Redis holds afterwards."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Master, read_records, stop_all, wait_until
+from app_server import RECORDING_APP, AppServer
+from conftest import read_records, stop_all, wait_until
 
 from prefork_work.app import App
 from prefork_work.client import Client
@@ -30,20 +30,10 @@ from supervisor import ChildContext, Scoreboard
 NS = "srv"
 K = Keys(NS)
 
-APP = textwrap.dedent('''
-    import json, os, signal, time
-    from prefork_work.app import App
+APP = RECORDING_APP + textwrap.dedent('''
+    import signal
     from prefork_work.errors import JobTimeout
     from supervisor import HardTimeout
-
-    EVIDENCE = os.environ["EVIDENCE"]
-    VERSION = "v1"
-    app = App()
-
-    def record(job, **extra):
-        line = dict(id=job.id, name=job.name, pid=os.getpid(), version=VERSION, **extra)
-        with open(EVIDENCE, "a") as handle:
-            handle.write(json.dumps(line) + "\\n")
 
     @app.job("record")
     def record_job(job):
@@ -82,48 +72,14 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Server(Master):
+class Server(AppServer):
+    """The server tests' master: APP in namespace NS unless told otherwise."""
+
     def __init__(self, tmp_path: Path, redis_url: str, redis_options: dict | None = None,
                  app_source: str = APP, **server_options: object) -> None:
-        super().__init__()
-        self.dir = tmp_path
-        self.evidence = tmp_path / "evidence.log"
-        (tmp_path / "jobs_app.py").write_text(app_source)
-        options = {"namespace": NS, "app": "jobs_app:app", "python_path": [str(tmp_path)],
-                   "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 0.5}
-        options.update(server_options)
-        lines = ["[redis]", f'url = "{redis_url}"']
-        lines += [f"{k} = {json.dumps(v)}" for k, v in (redis_options or {}).items()]
-        lines += ["[server]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in options.items()]
-        lines += ["[log]", 'format = "json"', 'level = "debug"']
-        self.config = tmp_path / "work.toml"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.log = tmp_path / "server.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.concurrency = int(options["concurrency"])  # type: ignore[call-overload]
-
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Server:
-        environment = dict(os.environ, EVIDENCE=str(self.evidence), **(env or {}))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefork_work.cli", "-c", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=environment,
-        )
-        if wait:
-            wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
-        return self
-
-    def busy_child(self, timeout: float = 10) -> psutil.Process:
-        def find() -> psutil.Process | None:
-            for child in self.children():
-                try:
-                    if " busy " in " ".join(child.cmdline()):
-                        return child
-                except psutil.Error:
-                    continue
-            return None
-
-        return wait_until(find, timeout, 0.05, "a busy child")  # type: ignore[return-value]
+        server_options.setdefault("namespace", NS)
+        super().__init__(tmp_path, redis_url, app_source, redis_options=redis_options,
+                         **server_options)
 
 
 @pytest.fixture
@@ -144,19 +100,20 @@ def enqueue(r, name: str, args: dict | None = None) -> Job:
 
 
 def log_events(srv: Server, name: str | None = None, offset: int = 0) -> list[dict]:
-    """The server's JSON log lines (master and children), from byte ``offset`` on."""
-    found = []
-    with open(srv.log, "rb") as handle:
-        handle.seek(offset)
-        lines = handle.read().decode("utf-8", "replace").splitlines()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and (name is None or record.get("event") == name):
-            found.append(record)
-    return found
+    return srv.log_lines(name, offset)
+
+
+def run_one_job_and_stop(srv: Server, *enqueue_args: str, input: str | None = None) -> None:
+    """Start ``srv``, enqueue a "record" job with the CLI on its config, wait for it to run,
+    then SIGTERM: the master exits 0."""
+    srv.start()
+    enqueued = srv.cli("enqueue", "record", *enqueue_args, input=input)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.strip().splitlines()[-1]
+    wait_until(lambda: [rec for rec in srv.records() if rec["id"] == job_id], 20,
+               message="the job to run")
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(20) == 0
 
 
 def requeue_events(srv: Server, offset: int = 0) -> list[dict]:
@@ -682,16 +639,12 @@ PERIODIC_APP = textwrap.dedent('''
 def test_periodic_jobs_run_once_per_slot_with_two_servers(server, r, tmp_path) -> None:
     (tmp_path / "periodic_app.py").write_text(PERIODIC_APP)
     first = server(app="periodic_app:app", concurrency=1).start()
-    second = Server(tmp_path, first.config.read_text().split('url = "')[1].split('"')[0],
-                    app="periodic_app:app", concurrency=1)
+    second = server(app="periodic_app:app", concurrency=1)  # stopped with the first
     second.config = tmp_path / "work2.toml"
     second.config.write_text(first.config.read_text())
     second.start()
-    try:
-        wait_until(lambda: len(read_records(first.evidence)) >= 4, 20, 0.1, "four ticks")
-        ticks = read_records(first.evidence)
-        ids = [e["id"] for e in ticks]
-        assert len(ids) == len(set(ids))  # one job per slot, though two masters schedule them
-        assert all(e["ran"] - e["t"] < 5 for e in ticks)  # run on time, not hours late
-    finally:
-        second.stop()
+    wait_until(lambda: len(read_records(first.evidence)) >= 4, 20, 0.1, "four ticks")
+    ticks = read_records(first.evidence)
+    ids = [e["id"] for e in ticks]
+    assert len(ids) == len(set(ids))  # one job per slot, though two masters schedule them
+    assert all(e["ran"] - e["t"] < 5 for e in ticks)  # run on time, not hours late

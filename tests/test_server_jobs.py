@@ -7,36 +7,20 @@ recorded (a JSON line per event, with the pid of the child that ran it) is check
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 import uuid
-from pathlib import Path
 
-import psutil
 import pytest
-from conftest import read_records, wait_until
+from app_server import RECORDING_APP, AppServer
+from conftest import stop_all, wait_until
 
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
-from prefork_work.keys import Keys
 
-APP = textwrap.dedent('''
-    import json, os, signal, time
-    from prefork_work.app import App
+APP = RECORDING_APP + textwrap.dedent('''
+    import signal
     from supervisor import HardTimeout
-
-    EVIDENCE = os.environ["EVIDENCE"]
-    app = App()
-
-    def record(job, **extra):
-        line = dict(id=job.id, name=job.name, pid=os.getpid(), at=time.time(), **extra)
-        with open(EVIDENCE, "a") as handle:
-            handle.write(json.dumps(line) + "\\n")
 
     @app.job("record")
     def record_job(job):
@@ -74,73 +58,19 @@ APP = textwrap.dedent('''
 ''')
 
 
-class Server:
-    def __init__(self, tmp_path: Path, redis_url: str, **options: object) -> None:
-        # a namespace of its own: a server another test left stopping cannot take its jobs
-        self.ns = "sj" + uuid.uuid4().hex[:8]
-        self.k = Keys(self.ns)
-        self.evidence = tmp_path / "evidence.log"
-        (tmp_path / "sj_app.py").write_text(APP)
-        settings = {"namespace": self.ns, "app": "sj_app:app", "python_path": [str(tmp_path)],
-                    "concurrency": 2, "shutdown_timeout": 5.0, "hard_timeout_grace": 1.0}
-        settings.update(options)
-        lines = ["[redis]", f'url = "{redis_url}"', "[server]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        lines += ["[log]", 'format = "json"', 'level = "info"']
-        self.config = tmp_path / "work.toml"
-        self.config.write_text("\n".join(lines) + "\n")
-        self.log = tmp_path / "server.log"
-        self.concurrency = int(settings["concurrency"])  # type: ignore[call-overload]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        env = dict(os.environ, EVIDENCE=str(self.evidence))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefork_work.cli", "-c", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
-        wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
-        return self
-
-    def children(self) -> list[int]:
-        assert self.process is not None
-        try:
-            found = psutil.Process(self.process.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        pids = []
-        for child in found:
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    pids.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        return sorted(pids)
-
-    def records(self) -> list[dict]:
-        return read_records(self.evidence)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
 @pytest.fixture
 def server(tmp_path, redis_url, r):
-    started: list[Server] = []
+    started: list[AppServer] = []
 
-    def make(**options: object) -> Server:
-        srv = Server(tmp_path, redis_url, **options)
+    def make(**options: object) -> AppServer:
+        # a namespace of its own: a server another test left stopping cannot take its jobs
+        options = {"namespace": "sj" + uuid.uuid4().hex[:8], "hard_timeout_grace": 1.0, **options}
+        srv = AppServer(tmp_path, redis_url, APP, module="sj_app", log_level="info", **options)
         started.append(srv)
         return srv.start()
 
     yield make
-    for srv in started:
-        srv.stop()
+    stop_all(started)
 
 
 def deep_payload(name: str, levels: int) -> bytes:
@@ -153,18 +83,18 @@ def test_deep_and_oversized_payloads_go_dead_and_no_child_dies(server, r) -> Non
     # or retry set stopped the requeuer (issue 7 item 1); no payload size was too big
     # (issue 12 item 4)
     srv = server(max_payload_bytes=50_000)
-    children = srv.children()
-    big = Enqueuer(srv.ns, r).enqueue("record", {"blob": "b" * 60_000})
-    r.lpush(srv.k.jobs("record"), deep_payload("record", 5_000))
-    r.zadd(srv.k.scheduled(), {deep_payload("record", 100_000): time.time() - 1})
-    r.zadd(srv.k.retry(), {deep_payload("record", 1_000): time.time() - 1})
-    enqueuer = Enqueuer(srv.ns, r)
+    children = srv.child_pids()
+    big = Enqueuer(srv.namespace, r).enqueue("record", {"blob": "b" * 60_000})
+    r.lpush(srv.keys.jobs("record"), deep_payload("record", 5_000))
+    r.zadd(srv.keys.scheduled(), {deep_payload("record", 100_000): time.time() - 1})
+    r.zadd(srv.keys.retry(), {deep_payload("record", 1_000): time.time() - 1})
+    enqueuer = Enqueuer(srv.namespace, r)
     healthy = [enqueuer.enqueue("record"), enqueuer.enqueue_in("record", 0).job]
     wait_until(lambda: {rec["id"] for rec in srv.records()} >= {j.id for j in healthy}, 10,
                message="the healthy jobs ran")
-    wait_until(lambda: r.zcard(srv.k.dead()) == 4, 10, message="four dead entries")
+    wait_until(lambda: r.zcard(srv.keys.dead()) == 4, 10, message="four dead entries")
     errors = []
-    for member in r.zrange(srv.k.dead(), 0, -1):
+    for member in r.zrange(srv.keys.dead(), 0, -1):
         dead = Job.from_json(member)
         errors.append(dead.err)
         if "max_payload_bytes" in dead.err:
@@ -175,8 +105,8 @@ def test_deep_and_oversized_payloads_go_dead_and_no_child_dies(server, r) -> Non
             assert dead.args["malformed_payload"].startswith('{"name":"record","id":"deep-')
     assert sum("max_payload_bytes" in err for err in errors) == 1
     assert big.id not in {rec["id"] for rec in srv.records()}
-    assert srv.children() == children  # no child died, none was replaced
-    assert not list(r.scan_iter(match=srv.k.in_progress("*", "*")))  # nothing stuck in progress
+    assert srv.child_pids() == children  # no child died, none was replaced
+    assert not list(r.scan_iter(match=srv.keys.in_progress("*", "*")))  # nothing stuck in progress
     assert b"child failed" not in srv.log.read_bytes()
 
 
@@ -184,9 +114,9 @@ def test_slow_jobs_fetched_in_one_batch_spread_over_both_children(server, r) -> 
     # After a run of fast jobs the batch is large: four slow jobs arriving together were
     # all taken by one child and run back to back (6 s) while the other idled (item 3).
     srv = server()
-    enqueuer = Enqueuer(srv.ns, r)
+    enqueuer = Enqueuer(srv.namespace, r)
     enqueuer.enqueue_many([("noop", None)] * 2000)
-    wait_until(lambda: r.llen(srv.k.jobs("noop")) == 0, 30, message="the fast jobs fetched")
+    wait_until(lambda: r.llen(srv.keys.jobs("noop")) == 0, 30, message="the fast jobs fetched")
     # the slow jobs queued right behind a run of fast ones: the child whose batch reaches
     # them takes them all
     jobs = enqueuer.enqueue_many([("noop", None)] * 300 + [("slow", {"s": 1.5})] * 4)[-4:]
@@ -205,13 +135,13 @@ def test_checkin_at_is_the_time_of_the_checkin(server, r) -> None:
     # the master rewrote checkin_at to "now" on every tick: Go's UI showed a stale check-in
     # as fresh (item 8)
     srv = server(concurrency=1)
-    job = Enqueuer(srv.ns, r).enqueue("checkin", {"s": 3})
+    job = Enqueuer(srv.namespace, r).enqueue("checkin", {"s": 3})
     checked = wait_until(lambda: [rec for rec in srv.records() if rec["id"] == job.id], 10)
     at = int(checked[0]["at"])  # type: ignore[index]
 
     def observed() -> list[tuple[bytes, int]]:
         found = []
-        for key in r.scan_iter(match=srv.k.worker_observation("*")):
+        for key in r.scan_iter(match=srv.keys.worker_observation("*")):
             fields = r.hgetall(key)
             if fields.get(b"checkin"):
                 found.append((fields[b"checkin"], int(fields[b"checkin_at"])))
@@ -230,8 +160,8 @@ def test_a_job_blocking_the_hard_timeout_signal_does_not_deafen_the_next(server,
     # a job that blocked SIGUSR2 left it blocked for the next jobs of its child: the next
     # job past its hard timeout could no longer be interrupted, only SIGKILLed (item 8)
     srv = server(concurrency=1, hard_timeout_grace=3.0)  # SIGKILL only long after the signal
-    blocker, hang = Enqueuer(srv.ns, r).enqueue_many([("blocker", None), ("hang", None)])
-    wait_until(lambda: r.zcard(srv.k.dead()) == 1, 15, 0.05, "the hung job dead")
+    blocker, hang = Enqueuer(srv.namespace, r).enqueue_many([("blocker", None), ("hang", None)])
+    wait_until(lambda: r.zcard(srv.keys.dead()) == 1, 15, 0.05, "the hung job dead")
     ids = [(rec["id"], rec.get("phase")) for rec in srv.records()]
-    assert (blocker.id, None) in ids, (ids, r.zrange(srv.k.retry(), 0, -1), srv.log.read_text()[-3000:])
+    assert (blocker.id, None) in ids, (ids, r.zrange(srv.keys.retry(), 0, -1), srv.log.read_text()[-3000:])
     assert (hang.id, "interrupted") in ids  # interrupted in the job, not SIGKILLed

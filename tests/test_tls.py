@@ -7,8 +7,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import wait_until
+from conftest import free_port, stop_all, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_server import Server, run_one_job_and_stop  # the real-process harness of the server tests
 
 from prefork_work.config import config_warnings, load_config
 from prefork_work.connection import redis_from_url
@@ -124,23 +123,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 # --- TLS redis-servers ------------------------------------------------------------------------
-def free_port(bus: bool = False) -> int:
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if not bus:
-            return port
-        if port + 10000 < 65536:  # a cluster node's bus listens on port + 10000
-            with socket.socket() as other:
-                try:
-                    other.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def start_tls_redis(pki: Pki, directory: Path, *, cluster: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port(bus=cluster)
     # redis-py's cluster client turns "localhost" into 127.0.0.1 (and the node announces its
@@ -232,25 +214,13 @@ def test_a_job_runs_through_a_tls_redis(tmp_path, pki, tls_redis) -> None:
     certificate (the server demands one: tls-auth-clients yes)."""
     check = plain(pki, tls_redis)
     check.flushall()
-    config = write_config(tmp_path, f"rediss://localhost:{tls_redis}/0", **good_keys(pki))
-    evidence = tmp_path / "evidence.log"
-    log = tmp_path / "server.log"
-    server = subprocess.Popen([sys.executable, "-m", "prefork_work.cli", "-c", str(config)],
-                              stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                              env=dict(os.environ, EVIDENCE=str(evidence)))
+    srv = Server(tmp_path, f"rediss://localhost:{tls_redis}/0", redis_options=good_keys(pki),
+                 namespace=NS, concurrency=1, log_level="info")
     try:
-        enqueued = cli("-c", str(config), "enqueue", "record", "{}")
-        assert enqueued.returncode == 0, enqueued.stderr
-        job_id = enqueued.stdout.strip()
-        wait_until(lambda: evidence.exists() and job_id in evidence.read_text(), 20,
-                   message="the job to run")
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(20) == 0
+        run_one_job_and_stop(srv, "{}")
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(5)
-    assert "verification is off" not in log.read_text()
+        stop_all([srv])
+    assert "verification is off" not in srv.log.read_text()
     assert check.llen(Keys(NS).jobs("record")) == 0
 
 

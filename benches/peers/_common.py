@@ -19,26 +19,43 @@ NAMES = [f"noop{i}" for i in range(int(os.environ.get("BENCH_JOB_NAMES", "5")))]
 COUNTER = os.environ.get("BENCH_COUNTER_KEY", "bench:done")
 LATENCY_KEY = "bench:latency"  # the one definition: benches/jobs_app.py and benches/latency.py use it
 LATENCY_SEED = 4
+IO_WAIT = float(os.environ.get("BENCH_IO_WAIT", "0.05"))  # what each I/O-bench job waits (s)
 
 USAGE = ("usage: python -m benches.peers.X version | enqueue N [one|many]"
          " | latency N MIN_GAP MAX_GAP [SEED]")
 
-_latency_client: tuple[int, Any] | None = None
+_clients: dict[tuple[int, str], Any] = {}
+
+
+def process_client(url: str) -> Any:
+    """This process's Redis client for ``url``: modules load before the workers fork (rq forks
+    a work horse per job), and a child must not share its parent's socket."""
+    key = (os.getpid(), url)
+    if key not in _clients:
+        import redis
+
+        _clients[key] = redis.Redis.from_url(url)
+    return _clients[key]
 
 
 def record_latency(t: float) -> None:
     """Body of every peer's ``latency`` task: RPUSH (now − t) to ``LATENCY_KEY``.
 
-    ``t`` is the enqueue ``time.time()``; the clock is read first thing. One client per
-    process (modules load before the workers fork; rq forks a work horse per job).
+    ``t`` is the enqueue ``time.time()``; the clock is read first thing.
     """
     started = time.time()
-    global _latency_client
-    if _latency_client is None or _latency_client[0] != os.getpid():
-        import redis
+    process_client(URL).rpush(LATENCY_KEY, repr(started - float(t)))
 
-        _latency_client = (os.getpid(), redis.Redis.from_url(URL))
-    _latency_client[1].rpush(LATENCY_KEY, repr(started - float(t)))
+
+def io_task(name: str, done: Callable[[], None]) -> Callable[[], None]:
+    """The body of the threaded peers' I/O-bench task ``name``: a blocking wait of IO_WAIT,
+    then counted done (the libraries register a task under its function's name)."""
+    def task() -> None:
+        time.sleep(IO_WAIT)
+        done()
+
+    task.__name__ = task.__qualname__ = name
+    return task
 
 
 def paced_times(n: int, min_gap: float, max_gap: float, seed: int = LATENCY_SEED) -> Iterator[float]:

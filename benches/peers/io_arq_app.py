@@ -16,15 +16,14 @@ from arq import run_worker
 from arq.worker import func
 
 from benches.done import DoneCounter
-from benches.peers._common import COUNTER, NAMES, URL, cli
+from benches.peers._common import COUNTER, IO_WAIT, NAMES, URL, cli
 from benches.peers.arq_app import REDIS, enqueue
 
-WAIT = float(os.environ.get("BENCH_IO_WAIT", "0.05"))
 done = DoneCounter(URL, COUNTER)
 
 
 async def _wait(ctx: dict) -> None:
-    await asyncio.sleep(WAIT)
+    await asyncio.sleep(IO_WAIT)
     done()
 
 

@@ -3,32 +3,17 @@
 
 from __future__ import annotations
 
-import os
-import time
-
 import celery
 from celery import Celery
 
 from benches.done import DoneCounter
-from benches.peers._common import COUNTER, NAMES, URL, cli
+from benches.peers._common import COUNTER, NAMES, URL, cli, io_task
 
-WAIT = float(os.environ.get("BENCH_IO_WAIT", "0.05"))
 app = Celery("bench_io", broker=URL)
 app.conf.update(task_ignore_result=True, broker_connection_retry_on_startup=True,
                 worker_hijack_root_logger=False)
 done = DoneCounter(URL, COUNTER)
-
-
-def _make(name: str):
-    def task() -> None:
-        time.sleep(WAIT)
-        done()
-
-    task.__name__ = task.__qualname__ = name
-    return app.task(name=name)(task)
-
-
-TASKS = [_make(name) for name in NAMES]
+TASKS = [app.task(name=name)(io_task(name, done)) for name in NAMES]
 
 
 def enqueue(n: int, mode: str) -> None:

@@ -3,31 +3,16 @@
 
 from __future__ import annotations
 
-import os
-import time
-
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from benches.done import DoneCounter
-from benches.peers._common import COUNTER, NAMES, URL, cli
+from benches.peers._common import COUNTER, NAMES, URL, cli, io_task
 
-WAIT = float(os.environ.get("BENCH_IO_WAIT", "0.05"))
 broker = RedisBroker(url=URL)
 dramatiq.set_broker(broker)
 done = DoneCounter(URL, COUNTER)
-
-
-def _make(name: str):
-    def task() -> None:
-        time.sleep(WAIT)
-        done()
-
-    task.__name__ = task.__qualname__ = name
-    return dramatiq.actor(task, actor_name=name)
-
-
-ACTORS = [_make(name) for name in NAMES]
+ACTORS = [dramatiq.actor(io_task(name, done), actor_name=name) for name in NAMES]
 
 
 def enqueue(n: int, mode: str) -> None:

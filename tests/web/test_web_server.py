@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import Master, free_port, stop_all, wait_until
 
 httpx = pytest.importorskip("httpx", reason="the test extra is not installed")
 pytest.importorskip("fastapi", reason="the web extra is not installed")
@@ -37,12 +36,6 @@ APP = textwrap.dedent('''
             return
         raise RuntimeError("boom")
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(tmp_path: Path, redis_url: str, web: dict | None = None, concurrency: int = 2) -> Path:
@@ -73,24 +66,11 @@ def answering(url: str) -> httpx.Response | None:
         return None
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            for child in psutil.Process(process.pid).children(recursive=True):
-                child.kill()
-            process.kill()
-            process.wait(5)
-
-
 @pytest.fixture
 def processes():
     started: list[subprocess.Popen[bytes]] = []
     yield started
-    for process in started:
-        stop(process)
+    stop_all(Master(process) for process in started)
 
 
 # --- prefork-work -c FILE web ------------------------------------------------------------------
@@ -149,14 +129,10 @@ def metrics_available() -> bool:
 
 
 def web_children(master: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    try:
-        children = psutil.Process(master.pid).children()
-    except psutil.NoSuchProcess:
-        return []
     found = []
-    for child in children:
+    for child in Master(master).children():
         try:
-            if "web" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+            if "web" in child.cmdline():
                 found.append(child)
         except psutil.Error:
             continue
