@@ -24,7 +24,6 @@ call ``prefork_worker.drain()`` to run what the test enqueued).
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +38,8 @@ from prefork_work.connection import redis_from_url, wipe
 from prefork_work.embedded import EmbeddedRedis
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
-from prefork_work.worker import Worker
+from prefork_work.outcome import Outcome
+from prefork_work.worker import NullObserver, Worker
 
 if TYPE_CHECKING:
     import redis
@@ -54,8 +54,9 @@ __all__ = [
 ]
 
 INLINE_NAMESPACE = "inline"
-Outcome = Literal["done", "retry", "dead", "dropped"]
-_OUTCOMES: dict[str, Outcome] = {"s": "done", "r": "retry", "d": "dead", "x": "dropped"}
+RunOutcome = Literal["done", "retry", "dead", "dropped"]
+_RUN_OUTCOMES: dict[str, RunOutcome] = {Outcome.SUCCESS: "done", Outcome.RETRY: "retry",
+                                        Outcome.DEAD: "dead", Outcome.DROPPED: "dropped"}
 
 
 # --- inline mode -----------------------------------------------------------------------------
@@ -77,7 +78,7 @@ class InlineRun:
     """One run of a job: ``job`` as the handler saw it, its outcome and its exception."""
 
     job: Job
-    outcome: Outcome
+    outcome: RunOutcome
     error: BaseException | None = None
 
 
@@ -166,9 +167,9 @@ class InlineEnqueuer(Enqueuer):
         job = worker.last_job  # None when no handler ran: a stray name, a malformed payload
         if job is None:
             job = Job.from_json(ack.payload or payload)
-        run = InlineRun(job, _OUTCOMES[ack.outcome], worker.error)
+        run = InlineRun(job, _RUN_OUTCOMES[ack.outcome], worker.error)
         self.runs.append(run)
-        if ack.outcome == "r":
+        if ack.outcome == Outcome.RETRY:
             self._schedule(queue, ack.payload, ack.score)
         if self.raise_errors:
             if run.error is not None:
@@ -210,21 +211,12 @@ class _InlineStore:
         return True
 
 
-class _NoObserver:
-    @contextlib.contextmanager
-    def observe(self, job: Job, job_type: JobType) -> Iterator[None]:
-        yield
-
-    def checkin(self, job: Job, message: str) -> None:
-        pass
-
-
 class _InlineWorker(Worker):
     """The real Worker's job path (decode, middleware chain, outcome) without its Redis."""
 
     def __init__(self, owner: InlineEnqueuer) -> None:
         super().__init__(owner.app, NO_REDIS,
-                         owner.keys.namespace, observer=_NoObserver(), clock=owner.clock,
+                         owner.keys.namespace, observer=NullObserver(), clock=owner.clock,
                          lifecycle_hooks=False)
         self.owner = owner
         self.error: BaseException | None = None

@@ -73,6 +73,17 @@ class Observer(Protocol):
     def checkin(self, job: Job, message: str) -> None: ...
 
 
+class NullObserver:
+    """Observes nothing: a worker whose jobs nobody watches (inline runs, tests)."""
+
+    @contextlib.contextmanager
+    def observe(self, job: Job, job_type: JobType) -> Iterator[None]:
+        yield
+
+    def checkin(self, job: Job, message: str) -> None:
+        pass
+
+
 class RedisObserver:
     """Writes gocraft's observation hash ``<p>worker:<workerID>`` directly (in-process use).
 

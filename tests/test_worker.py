@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -21,7 +19,7 @@ from prefork_work.enqueuer import Enqueuer
 from prefork_work.errors import ConfigError, RedisUnavailable
 from prefork_work.job import Job
 from prefork_work.keys import Keys
-from prefork_work.worker import PrioritySampler, Worker
+from prefork_work.worker import NullObserver, PrioritySampler, Worker
 
 NS = "work"
 K = Keys(NS)
@@ -404,15 +402,6 @@ def test_batches_grow_for_fast_jobs_and_everything_runs_once(r) -> None:
     assert calls < 40, calls  # 1+2+...+64, then 100 a call: far fewer than one per job
     assert worker.batch_size == worker.max_batch
     assert_clean(r, worker, ["fast"])
-
-
-class NullObserver:
-    @contextlib.contextmanager
-    def observe(self, job: Job, job_type: object) -> Iterator[None]:
-        yield
-
-    def checkin(self, job: Job, message: str) -> None:
-        pass
 
 
 class StoppedTimer:
