@@ -44,6 +44,7 @@ from supervisor import (
     ChildView,
     ExitInfo,
     Interrupted,
+    KillCause,
     MasterView,
     PeriodicTask,
     Supervisor,
@@ -327,10 +328,10 @@ class WorkServer:
         all. At a hard timeout the late jobs fail and the others are requeued uncounted. Any
         other death cannot be pinned on one of them: none is charged a crash; each goes back
         to its queue marked to run alone, where a crash counts."""
-        if info.cause in ("shutdown timeout", "interrupted"):
+        if info.cause is not None and info.cause.stop:
             return
         labels = [s.label for s in busy]
-        if info.cause == "hard timeout":
+        if info.cause is KillCause.HARD_TIMEOUT:
             mono = time.monotonic()
             for s in busy:
                 if s.deadline is not None and mono >= s.deadline:
@@ -354,9 +355,9 @@ class WorkServer:
     def _settle_running_job(self, record: ChildRecord, label: str, info: ExitInfo, now: float) -> bool:
         """Judge the job a child died running; True when it goes back to its queue as it was."""
         job_id, _, name = label.partition(" ")
-        if info.cause in ("shutdown timeout", "interrupted"):
+        if info.cause is not None and info.cause.stop:
             return True  # not the job's fault: reclaim_pool puts it back in its queue
-        if info.cause == "hard timeout":
+        if info.cause is KillCause.HARD_TIMEOUT:
             self._fail_hard_timeout(record.pool_id, name, job_id, now)
             return False
         verdict = self.reaper.record_crash(record.pool_id, name, job_id, info.describe(),

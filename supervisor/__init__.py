@@ -7,7 +7,7 @@ application plugs in through interface.py: hooks that get views, and settings it
 
 from supervisor.child import ChildContext, HardTimeout, Interrupted
 from supervisor.exitcodes import EX_CHILD_BOOT, EX_OK
-from supervisor.exitinfo import ExitInfo
+from supervisor.exitinfo import ExitInfo, KillCause
 from supervisor.interface import (
     ChildApp,
     ChildState,
@@ -22,7 +22,7 @@ from supervisor.scoreboard import Liveness, Scoreboard, Slot, SlotState
 
 __all__ = [
     "EX_CHILD_BOOT", "EX_OK", "ChildApp", "ChildContext",
-    "ChildState", "ChildView", "ExitInfo", "HardTimeout", "Interrupted", "Liveness", "MasterView",
+    "ChildState", "ChildView", "ExitInfo", "HardTimeout", "Interrupted", "KillCause", "Liveness", "MasterView",
     "PeriodicTask", "Scoreboard", "Slot", "SlotState", "StopMode", "Supervisor",
     "SupervisorSettings",
 ]

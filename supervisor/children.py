@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from supervisor.exitinfo import KillCause
 from supervisor.interface import ChildState, ChildView
 from supervisor.scoreboard import Slot
 
@@ -21,7 +22,7 @@ class Child:
     state: ChildState = ChildState.BOOTING
     ready: bool = False
     ready_mono: float = 0.0
-    kill_cause: str | None = None
+    kill_cause: KillCause | None = None
     max_jobs: int | None = None
     fatal: str | None = None
     pipe_fd: int = -1

@@ -27,7 +27,7 @@ from supervisor.backoff import CrashLoop, start_failure
 from supervisor.child import ChildContext, run_child
 from supervisor.children import Child
 from supervisor.exitcodes import EX_OK
-from supervisor.exitinfo import ExitInfo
+from supervisor.exitinfo import ExitInfo, KillCause
 from supervisor.interface import (
     ChildApp,
     ChildState,
@@ -49,7 +49,7 @@ HANDLED = [
 ]
 FAST_STOP_GRACE = 2.0
 HOUSEKEEPING = 0.25
-STOP_CAUSE = {StopMode.GRACEFUL: "shutdown timeout", StopMode.FAST: "interrupted"}
+STOP_CAUSE = {StopMode.GRACEFUL: KillCause.SHUTDOWN_TIMEOUT, StopMode.FAST: KillCause.INTERRUPTED}
 
 
 class Supervisor:

@@ -8,10 +8,10 @@ import structlog
 
 from supervisor.child import HARD_TIMEOUT_SIGNAL
 from supervisor.children import Child
+from supervisor.exitinfo import KillCause
 
 log = structlog.get_logger("supervisor")
 
-HARD_TIMEOUT = "hard timeout"  # the kill cause the application reads in child_exited
 
 
 def enforce(child: Child, now: float, grace: float) -> int | None:
@@ -30,7 +30,7 @@ def enforce(child: Child, now: float, grace: float) -> int | None:
                     job=state.label)
         return HARD_TIMEOUT_SIGNAL
     if now - child.timeout_sent > grace and child.kill_cause is None:
-        child.kill_cause = HARD_TIMEOUT
+        child.kill_cause = KillCause.HARD_TIMEOUT
         log.error("hard timeout; killing the child", index=child.index, pid=child.pid,
                   job=state.label)
         return signal.SIGKILL
@@ -47,7 +47,7 @@ def _enforce_shared(child: Child, now: float) -> int | None:
     for slot in child.slots:
         state = slot.read()
         if state.busy and state.deadline is not None and now >= state.deadline:
-            child.kill_cause = HARD_TIMEOUT
+            child.kill_cause = KillCause.HARD_TIMEOUT
             log.error("hard timeout; killing the child", index=child.index, pid=child.pid,
                       job=state.label, in_flight=child.busy_slots())
             return signal.SIGKILL

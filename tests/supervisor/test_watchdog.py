@@ -7,8 +7,9 @@ import signal
 from fakes import make_child
 
 from supervisor.child import HARD_TIMEOUT_SIGNAL
+from supervisor.exitinfo import KillCause
 from supervisor.scoreboard import Scoreboard
-from supervisor.watchdog import HARD_TIMEOUT, enforce
+from supervisor.watchdog import enforce
 
 
 def test_a_job_past_its_deadline_is_signalled_then_killed_after_the_grace() -> None:
@@ -20,7 +21,7 @@ def test_a_job_past_its_deadline_is_signalled_then_killed_after_the_grace() -> N
     assert enforce(child, 105.0, grace=5.0) is None
     assert child.kill_cause is None
     assert enforce(child, 105.1, grace=5.0) == signal.SIGKILL
-    assert child.kill_cause == HARD_TIMEOUT
+    assert child.kill_cause is KillCause.HARD_TIMEOUT
     assert enforce(child, 110.0, grace=5.0) is None  # killed once
 
 
@@ -48,5 +49,5 @@ def test_a_child_running_several_jobs_is_killed_at_once_when_one_is_late() -> No
     child.slots[2].begin("j3 slow", deadline=100.0)
     assert enforce(child, 99.0, grace=5.0) is None
     assert enforce(child, 100.0, grace=5.0) == signal.SIGKILL  # no signal first, no grace
-    assert child.kill_cause == HARD_TIMEOUT
+    assert child.kill_cause is KillCause.HARD_TIMEOUT
     assert enforce(child, 101.0, grace=5.0) is None
