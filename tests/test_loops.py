@@ -9,6 +9,7 @@ import time
 
 from prefork_work import cron
 from prefork_work.app import App
+from prefork_work.client import Client
 from prefork_work.enqueuer import Enqueuer
 from prefork_work.job import Job
 from prefork_work.keys import Keys
@@ -375,3 +376,20 @@ def test_scripts_take_the_wake_cap_from_the_store(r, monkeypatch) -> None:
     for i in range(7):
         assert queue.push_unique("a", K.unique("a", {"i": i}), job_bytes("a", f"u{i}"), b"1", None)
     assert r.llen(K.wake()) == 5
+
+
+def test_undecodable_names_in_the_namespace_stop_no_loop_and_no_client_read(r) -> None:
+    # bytes another program wrote into our sets and hashes: the reaper and the Client read past them
+    r.sadd(K.worker_pools(), b"\xff\xfe", b"dead")
+    r.hset(K.heartbeat("dead"), mapping={b"heartbeat_at": NOW - 3600, b"\xff": b"x",
+                                         b"job_names": b"foo"})
+    r.rpush(K.in_progress("foo", "dead"), job_bytes("foo", "j1"))
+    r.sadd(K.known_jobs(), b"\xc3", b"foo")
+    r.hset(K.lock_info("foo"), b"\xfa", 1)
+    reaper = DeadPoolReaper(store(r), ["foo"], interval=1)
+    assert reaper.tick(NOW) == 1  # the dead pool's job is back in its queue
+    assert r.lrange(K.jobs("foo"), 0, -1) == [job_bytes("foo", "j1")]
+    reaper.repair_locks(["foo"])
+    client = Client(NS, r)
+    assert [beat.worker_pool_id for beat in client.worker_pool_heartbeats()] == ["\ufffd\ufffd"]
+    assert "foo" in [queue.job_name for queue in client.queues()]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, translate_errors
+from prefork_work.store.base import (
+    WAKE_TOKENS_MAX,
+    RedisStore,
+    decode_hash,
+    text,
+    translate_errors,
+)
 
 
 class AdminStore(RedisStore):
@@ -12,7 +18,7 @@ class AdminStore(RedisStore):
 
     @translate_errors
     def known_job_names(self) -> list[str]:
-        return sorted(n.decode() for n in self.redis.smembers(self.keys.known_jobs()))
+        return sorted(text(n) for n in self.redis.smembers(self.keys.known_jobs()))
 
     @translate_errors
     def queue_heads(self, names: Sequence[str]) -> list[tuple[int, bytes | None]]:
@@ -26,17 +32,14 @@ class AdminStore(RedisStore):
 
     @translate_errors
     def pool_ids(self) -> list[str]:
-        return sorted(p.decode() for p in self.redis.smembers(self.keys.worker_pools()))
+        return sorted(text(p) for p in self.redis.smembers(self.keys.worker_pools()))
 
     @translate_errors
     def hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-        return [
-            {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
-            for raw in pipe.execute()
-        ]
+        return [decode_hash(raw) for raw in pipe.execute()]
 
     @translate_errors
     def zset_page(self, zset: str, start: int, count: int) -> tuple[list[tuple[bytes, float]], int]:

@@ -11,7 +11,7 @@ import hashlib
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -66,6 +66,17 @@ def check_cluster_namespace(cluster: bool, keys: Keys) -> None:
 
 
 @functools.cache
+def text(raw: bytes) -> str:
+    """A name or value read from Redis, as text: untrusted bytes, so undecodable ones are
+    replaced, never raised (a member another program wrote must not stop a loop or a page)."""
+    return raw.decode("utf-8", "replace")
+
+
+def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    """An HGETALL reply as text."""
+    return {text(k): text(v) for k, v in raw.items()}
+
+
 def lua_source(name: str) -> str:
     return resources.files("prefork_work").joinpath("lua", f"{name}.lua").read_text("utf-8")
 

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from prefork_work.errors import MalformedJob
 from prefork_work.job import Job
-from prefork_work.store.base import WAKE_TOKENS_MAX, RedisStore, translate_errors
+from prefork_work.store.base import (
+    WAKE_TOKENS_MAX,
+    RedisStore,
+    decode_hash,
+    text,
+    translate_errors,
+)
 
 OBSERVATION_TTL_SECONDS = 86400  # what gocraft gives an observation hash
 
@@ -104,7 +110,7 @@ class PoolStore(RedisStore):
 
     @translate_errors
     def pool_ids(self) -> set[str]:
-        return {m.decode() for m in self.redis.smembers(self.keys.worker_pools())}
+        return {text(m) for m in self.redis.smembers(self.keys.worker_pools())}
 
     @translate_errors
     def in_progress_lists(self, pool_id: str | None = None) -> dict[str, set[str]]:
@@ -208,7 +214,7 @@ class PoolStore(RedisStore):
 
     @translate_errors
     def recompute_locks(self, name: str, pools: Iterable[str]) -> int:
-        known = {k.decode() for k in self.redis.hkeys(self.keys.lock_info(name))}
+        known = {text(k) for k in self.redis.hkeys(self.keys.lock_info(name))}
         ids = sorted(set(pools) | known)
         keys = [self.keys.lock(name), self.keys.lock_info(name)]
         keys += [self.keys.in_progress(name, pool_id) for pool_id in ids]
@@ -234,9 +240,3 @@ class PoolStore(RedisStore):
             pipe.zadd(self.keys.scheduled(), members)
         pipe.set(self.keys.last_periodic_enqueue(), now)
         pipe.execute()
-
-
-
-def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    """An HGETALL reply as text (untrusted bytes: undecodable ones replaced, never raised)."""
-    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
