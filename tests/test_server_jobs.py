@@ -42,14 +42,14 @@ APP = RECORDING_APP + textwrap.dedent('''
         record(job, phase="checked in")
         time.sleep(job.args["s"])
 
-    @app.job("blocker")
-    def blocker(job):
-        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
-        time.sleep(0.005)
-        record(job)
-
-    @app.job("hang", hard_timeout=0.5, max_fails=1)
-    def hang(job):
+    # one job name for both, so that one queue serves them in order (blocker first)
+    @app.job("masking", hard_timeout=0.5, max_fails=1)
+    def masking(job):
+        if job.args["mode"] == "block":
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+            time.sleep(0.005)
+            record(job)
+            return
         try:
             time.sleep(30)  # a blocking call: only a signal to this thread ends it early
         except HardTimeout:
@@ -160,7 +160,8 @@ def test_a_job_blocking_the_hard_timeout_signal_does_not_deafen_the_next(server,
     # a job that blocked SIGUSR2 left it blocked for the next jobs of its child: the next
     # job past its hard timeout could no longer be interrupted, only SIGKILLed (item 8)
     srv = server(concurrency=1, hard_timeout_grace=3.0)  # SIGKILL only long after the signal
-    blocker, hang = Enqueuer(srv.namespace, r).enqueue_many([("blocker", None), ("hang", None)])
+    blocker, hang = Enqueuer(srv.namespace, r).enqueue_many(
+        [("masking", {"mode": "block"}), ("masking", {"mode": "hang"})])
     wait_until(lambda: r.zcard(srv.keys.dead()) == 1, 15, 0.05, "the hung job dead")
     ids = [(rec["id"], rec.get("phase")) for rec in srv.records()]
     assert (blocker.id, None) in ids, (ids, r.zrange(srv.keys.retry(), 0, -1), srv.log.read_text()[-3000:])
