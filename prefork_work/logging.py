@@ -28,6 +28,8 @@ def configure_logging(format: str = "auto", level: str = "info", stream: TextIO 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # one write() per line: print() writes the line and its newline separately, and two
+        # children sharing stderr then glue their lines ("{...}{...}\n\n"), corrupting both
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
