@@ -37,7 +37,44 @@ from prefork_work.testing import (  # noqa: F401  (fixtures and a hook, found by
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vectors"
 
-__all__ = ["RedisServer", "free_port", "read_records", "wait_until"]
+__all__ = ["LateFetch", "RedisServer", "free_port", "read_records", "wait_until"]
+
+
+class LateFetch:
+    """Loses the reply of a worker's next fetch call once ``arm()`` is called, and keeps its
+    bytes to deliver them later (``deliver()``), as a healed partition or a proxy flushing
+    its buffer would; ``recovered`` tells when the worker has since recovered its lists."""
+
+    def __init__(self, worker) -> None:
+        from prefork_work.errors import RedisUnavailable
+
+        self.store = store = worker.store
+        self.armed = False
+        self.call: tuple[list, list] | None = None
+        self.recovered = False
+        real_run, real_recover = store.run_script, store.recover
+
+        def run_script(name, keys, args):
+            if name == "fetch" and self.armed and self.call is None:
+                self.call = (keys, list(args))
+                raise RedisUnavailable("reply lost")
+            return real_run(name, keys, args)
+
+        def recover(*args, **kwargs):
+            lists = real_recover(*args, **kwargs)
+            self.recovered = self.call is not None
+            return lists
+
+        self.real_run = real_run
+        store.run_script, store.recover = run_script, recover
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def deliver(self):
+        """The lost call reaches Redis now; returns the script's reply (no worker reads it)."""
+        assert self.call is not None, "no fetch call was lost"
+        return self.real_run("fetch", *self.call)
 
 
 def free_port(bus: bool = False) -> int:

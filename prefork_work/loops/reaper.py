@@ -61,7 +61,8 @@ class DeadPoolReaper:
         """One reap pass; returns how many jobs were requeued."""
         self.passes += 1
         lists = self.store.in_progress_lists()
-        candidates = (set(lists) | self.store.pool_ids()) - self.live_pools()
+        candidates = (set(lists) | self.store.pool_ids()
+                      | self.store.fenced_pool_ids()) - self.live_pools()
         beats = self.store.heartbeats(candidates)
         requeued = 0
         reaped_names: set[str] = set()
