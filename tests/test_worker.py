@@ -12,7 +12,7 @@ import time
 
 import pytest
 import structlog
-from conftest import LateFetch, wait_until
+from conftest import LateFetch, late_fetch_app, wait_until
 
 from prefork_work.app import App
 from prefork_work.enqueuer import Enqueuer
@@ -550,25 +550,6 @@ def test_recovery_leaves_the_jobs_the_worker_still_holds(r) -> None:
     assert_clean_locks(r, worker, "wat")
 
 
-def late_fetch_app(r, jobs: int, late: dict) -> tuple[App, collections.Counter[str]]:
-    """An app whose first job loses the reply of the next fetch call, and whose first job
-    after the worker recovered delivers that call late (or earlier: see late["before"])."""
-    ran: collections.Counter[str] = collections.Counter()
-    app = App()
-
-    def wat(job: Job) -> None:
-        ran.update([job.id])
-        fetch: LateFetch = late["fetch"]
-        if not fetch.armed:
-            fetch.arm()  # the next call carries this job's ack and fetches the next jobs
-        elif fetch.recovered and "reply" not in late:
-            late["reply"] = fetch.deliver()
-
-    app.register("wat", wat)
-    Enqueuer(NS, r).enqueue_many([("wat", None)] * jobs)
-    return app, ran
-
-
 def assert_ran_once(r, worker: Worker, ran, jobs: int) -> None:
     assert len(ran) == jobs and set(ran.values()) == {1}, ran
     assert r.llen(K.jobs("wat")) == 0
@@ -584,7 +565,7 @@ def test_a_late_copy_of_a_lost_fetch_after_recovery_is_refused(r, when: str) -> 
     # stays busy. Right after the read, before the worker's next call, only the fence that
     # recovery raised stands in its way.
     late: dict = {}
-    app, ran = late_fetch_app(r, 20, late)
+    app, ran = late_fetch_app(r, NS, 20, late)
     worker = make_worker(r, app)
     fetch = late["fetch"] = LateFetch(worker)
     if when == "right after the recovery read":
@@ -606,7 +587,7 @@ def test_a_late_copy_of_a_lost_fetch_before_recovery_is_recovered(r) -> None:
     # the lost call reaches Redis before the worker's recovery reads its lists: it acks and
     # fetches, and recovery requeues the jobs it took (the worker never got them)
     late: dict = {}
-    app, ran = late_fetch_app(r, 20, late)
+    app, ran = late_fetch_app(r, NS, 20, late)
     worker = make_worker(r, app)
     fetch = late["fetch"] = LateFetch(worker)
     recover = worker.store.recover
