@@ -179,6 +179,7 @@ class Worker:
         self.app = app
         self.keys = Keys(namespace)
         self.store = QueueStore(redis_client, self.keys)
+        # this process's alone: its fetch calls are fenced by their sequence (FETCH_SEQUENCE)
         self.pool_id = pool_id or make_identifier()
         self.worker_id = worker_id or make_identifier()
         self.clock = clock
