@@ -97,6 +97,12 @@ class Keys:
         """Held by the one reaper reclaiming a dead pool, so two reapers never both requeue it."""
         return self.prefix + "pw:reaping:" + pool_id
 
+    def fence(self) -> str:
+        """The highest fetch call sequence seen per pool (hash: pool id -> sequence): a late
+        copy of a fetch whose reply was lost is refused once the worker has recovered
+        (``lua/fetch.lua``); the field goes with the pool's heartbeat."""
+        return self.prefix + "pw:fence"
+
     def web_minute(self, minute: int) -> str:
         """The web app's snapshot of job counters at one minute (epoch // 60), kept two hours."""
         return self.prefix + "pw:web:minute:" + str(minute)

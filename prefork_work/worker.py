@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import json
 import logging
 import random
@@ -56,9 +57,11 @@ FIRST_BUCKET = DURATION_BUCKETS[0]
 SUCCESS, RETRY, DEAD, DROPPED, REQUEUE = (Outcome.SUCCESS, Outcome.RETRY, Outcome.DEAD,
                                           Outcome.DROPPED, Outcome.REQUEUE)
 DEFAULT_IDLE_WAITS = (0.05, 0.25, 1.0)  # blocking waits on the wake list, not sleeps
-# How long after a lost fetch reply the worker keeps checking its in-progress lists for jobs
-# a late copy of that call fetched: TCP gives up retransmitting after about 15 minutes.
-LATE_FETCH_WINDOW = 900.0
+# The sequence of every fetch call of this process (lua/fetch.lua's fence): strictly
+# increasing per pool (a pool id is per process, and its calls draw under its fetch lock),
+# and starting at the time in µs so that a pool id reused by a later process still goes up
+# (exact in a Lua number for centuries).
+FETCH_SEQUENCE = itertools.count(time.time_ns() // 1000)
 REDIS_RETRY_WAITS = (0.1, 0.25, 0.5, 1.0, 2.0)
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # [server] max_payload_bytes
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024  # a batch stops growing at this many bytes of payloads
@@ -176,6 +179,7 @@ class Worker:
         self.app = app
         self.keys = Keys(namespace)
         self.store = QueueStore(redis_client, self.keys)
+        # this process's alone: its fetch calls are fenced by their sequence (FETCH_SEQUENCE)
         self.pool_id = pool_id or make_identifier()
         self.worker_id = worker_id or make_identifier()
         self.clock = clock
@@ -223,7 +227,7 @@ class Worker:
         self.stop_requested = False
         self.jobs_done = 0
         self.needs_recovery = False
-        self.suspect_until = 0.0  # monotonic: until then, look for late-arriving fetches
+        self.sequence = 0  # of the last fetch call sent: recovery raises the fence to it
         self.outage = OutageWait(self.log)
         # The watchdog thread and the main thread share the buffer: a job is started by
         # popleft() and released by pop(), each atomic, so every fetched job goes to exactly
@@ -349,22 +353,20 @@ class Worker:
         if self.histogram:
             self._drain_histogram()
         try:
-            with self._fetch_lock:
+            with self._fetch_lock:  # drawn under the lock: calls are sent in sequence order
+                self.sequence = sequence = next(FETCH_SEQUENCE)
                 queue, jobs = self.store.fetch(
-                    self.pool_id, self.sampler.sample(), self.group_keys, want, acks,
+                    self.pool_id, sequence, self.sampler.sample(), self.group_keys, want, acks,
                     max_payload_bytes=self.max_payload_bytes, max_batch_bytes=self.max_batch_bytes,
                     now=int(self.clock()), count=self.metrics, statuses=self.statuses,
                     status_ttl=self.status_ttl, increments=self.increments,
                 )
         except RedisUnavailable:
-            # The call may or may not have run in Redis. Acks are safe to resend (an entry
-            # already removed is not released twice); jobs it may have fetched are found in
-            # our in-progress lists by _recover().
+            # The call may or may not have run in Redis, or may still run later (a healed
+            # partition, a proxy flushing its buffer). Acks, statuses and increments are
+            # kept and resent (an entry already removed is not released twice); _recover()
+            # fences the lost call off and finds the jobs it may have fetched.
             self.needs_recovery = True
-            # The lost call's bytes may still reach Redis later (a healed partition, a proxy
-            # flushing its buffer) and move jobs into this live pool's lists after _recover
-            # ran: no reaper takes a live pool's jobs, so look again whenever idle for a while.
-            self.suspect_until = time.monotonic() + LATE_FETCH_WINDOW
             raise
         self.acks = []
         self.statuses = []
@@ -383,9 +385,13 @@ class Worker:
         self.flush()
 
     def _recover(self) -> None:
-        """After a lost fetch reply: return jobs in our lists that we do not hold to their queues."""
+        """After a lost fetch reply: return jobs in our lists that we do not hold to their queues.
+
+        The same script raises the pool's fence to the last call sent: a late copy of a lost
+        call either ran before the read (its jobs are here) or is refused (lua/fetch.lua).
+        """
         held = self._held()
-        lists = self.store.in_progress(self.pool_id, self.job_names)
+        lists = self.store.recover(self.pool_id, self.sequence, self.job_names)
         for queue, entries in lists.items():
             for raw in entries:
                 if raw not in held:
@@ -397,8 +403,6 @@ class Worker:
         return {raw for _, raw in self.buffer} | {a.raw for a in self.acks}
 
     def _wait_for_work(self) -> None:
-        if self.suspect_until and time.monotonic() < self.suspect_until:
-            self.needs_recovery = True  # one LRANGE per job name per idle wait (≤ 1 s)
         timeout = self.idle_waits[min(self.idle_count, len(self.idle_waits) - 1)]
         self.idle_count += 1
         self.store.wait_for_work(timeout)
@@ -644,7 +648,8 @@ class Worker:
             if not taken:
                 return
             try:
-                self.store.fetch(self.pool_id, self.job_names, self.group_keys, 0,
+                self.sequence = sequence = next(FETCH_SEQUENCE)
+                self.store.fetch(self.pool_id, sequence, self.job_names, self.group_keys, 0,
                                  [Ack(queue, raw, REQUEUE) for queue, raw in taken])
             except Exception as err:  # noqa: BLE001 - never let this thread die silently
                 # Maybe released, maybe not: they are in our in-progress lists or back in

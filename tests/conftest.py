@@ -6,6 +6,7 @@ tests may flush it, stop it and restart it. The Redis on 127.0.0.1:6379 is never
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -24,6 +25,9 @@ import structlog
 # users enable with pytest_plugins = ["prefork_work.testing"]: this suite is their first user
 # (imported by name rather than through pytest_plugins, which would import the module after
 # this conftest already has, and warn that its asserts cannot be rewritten).
+from prefork_work.app import App
+from prefork_work.enqueuer import Enqueuer
+from prefork_work.errors import RedisUnavailable
 from prefork_work.testing import (  # noqa: F401  (fixtures and a hook, found by name)
     RedisServer,
     prefork_app,
@@ -37,7 +41,63 @@ from prefork_work.testing import (  # noqa: F401  (fixtures and a hook, found by
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vectors"
 
-__all__ = ["RedisServer", "free_port", "read_records", "wait_until"]
+__all__ = ["LateFetch", "RedisServer", "free_port", "late_fetch_app", "read_records", "wait_until"]
+
+
+class LateFetch:
+    """Loses the reply of a worker's next fetch call once ``arm()`` is called, and keeps its
+    bytes to deliver them later (``deliver()``), as a healed partition or a proxy flushing
+    its buffer would; ``recovered`` tells when the worker has since recovered its lists."""
+
+    def __init__(self, worker) -> None:
+        self.store = store = worker.store
+        self.armed = False
+        self.call: tuple[list, list] | None = None
+        self.recovered = False
+        real_run, real_recover = store.run_script, store.recover
+
+        def run_script(name, keys, args):
+            if name == "fetch" and self.armed and self.call is None:
+                self.call = (keys, list(args))
+                raise RedisUnavailable("reply lost")
+            return real_run(name, keys, args)
+
+        def recover(*args, **kwargs):
+            lists = real_recover(*args, **kwargs)
+            self.recovered = self.call is not None
+            return lists
+
+        self.real_run = real_run
+        store.run_script, store.recover = run_script, recover
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def deliver(self):
+        """The lost call reaches Redis now; returns the script's reply (no worker reads it)."""
+        assert self.call is not None, "no fetch call was lost"
+        return self.real_run("fetch", *self.call)
+
+
+def late_fetch_app(r, namespace: str, jobs: int, late: dict) -> tuple[App, collections.Counter[str]]:
+    """``jobs`` queued jobs of an app whose first job loses the reply of the next fetch call
+    (``late["fetch"]``, a LateFetch the test sets), and whose first job after the worker
+    recovered delivers that call late; a test may deliver it earlier itself. The reply of
+    the delivered call is ``late["reply"]``; each run is counted by job id."""
+    ran: collections.Counter[str] = collections.Counter()
+    app = App()
+
+    def wat(job) -> None:
+        ran.update([job.id])
+        fetch: LateFetch = late["fetch"]
+        if not fetch.armed:
+            fetch.arm()  # the next call carries this job's ack and fetches the next jobs
+        elif fetch.recovered and "reply" not in late:
+            late["reply"] = fetch.deliver()
+
+    app.register("wat", wat)
+    Enqueuer(namespace, r).enqueue_many([("wat", None)] * jobs)
+    return app, ran
 
 
 def free_port(bus: bool = False) -> int:

@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from conftest import LateFetch, late_fetch_app
 
 from prefork_work.app import App
 from prefork_work.enqueuer import Enqueuer
@@ -355,3 +356,16 @@ def test_jobs_in_flight_are_counted_and_recorded_as_one_at_a_time(r) -> None:
     assert v("prefork_work_job_duration_seconds_count", "ok") == 3
     assert v("prefork_work_job_duration_seconds_count", "plain") == 2
     assert v("prefork_work_job_duration_seconds_sum", "ok") >= 0.15
+
+
+def test_a_late_copy_of_a_lost_fetch_after_recovery_is_refused(r) -> None:
+    # as test_worker's: the fence refuses a lost call that reaches Redis after recovery,
+    # so no job is left in this live pool's in-progress list while jobs are in flight
+    late: dict = {}
+    app, ran = late_fetch_app(r, NS, 30, late)
+    worker = ConcurrentWorker(app, r, NS, jobs_per_child=4, idle_waits=(0.01,))
+    late["fetch"] = LateFetch(worker)
+    worker.drain()
+    assert len(ran) == 30 and set(ran.values()) == {1}, ran
+    assert nothing_in_progress(r) and r.llen(K.jobs("wat")) == 0
+    assert late["reply"] == [-1, []]

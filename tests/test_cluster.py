@@ -135,7 +135,9 @@ def test_enqueue_work_requeue_and_client_on_a_cluster(rc) -> None:
     enqueuer.enqueue("wat", {"a": 6})
     assert worker.drain() == 1 and 6 not in ran  # only "bad" ran
     client.unpause("wat")
+    worker.needs_recovery = True  # the recovery script, too, declares every key it touches
     assert worker.drain() == 1 and 6 in ran
+    assert rc.hexists(K.fence(), worker.pool_id)
 
 
 def test_server_runs_on_a_cluster_and_rides_out_its_outage(rc, cluster_node, tmp_path) -> None:

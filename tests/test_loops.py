@@ -195,6 +195,39 @@ def test_reaped_jobs_run_again(r) -> None:
     assert ran == ["x"]
 
 
+def fenced_pool(r, pool_id: str | None = None) -> str:
+    """A pool whose worker has made fetch calls: it has a field in the fence hash."""
+    app = App()
+    app.register("a", lambda job: None)
+    worker = Worker(app, r, NS, pool_id=pool_id, idle_waits=(0.01,))
+    Enqueuer(NS, r).enqueue("a")
+    assert worker.drain() == 1
+    assert r.hexists(K.fence(), worker.pool_id)
+    return worker.pool_id
+
+
+def test_the_fence_field_goes_with_the_pool(r) -> None:
+    # the hash holds one field per pool that ever fetched: it must not grow with every child
+    ended = fenced_pool(r)
+    Heartbeater(store(r), list).remove(ended)  # the master forgets an exited child's pool
+    assert not r.hexists(K.fence(), ended)
+    dead = fenced_pool(r, "dead")
+    make_pool(r, "dead", NOW - 3600, "a", {})
+    live = fenced_pool(r, "live")
+    make_pool(r, "live", NOW + 11, "a", {})  # beating still at the last tick
+    reaper = DeadPoolReaper(store(r), ["a"], dead_after=10)
+    reaper.tick(NOW)
+    assert not r.hexists(K.fence(), dead)
+    # a pool that never had a heartbeat (an in-process worker, or one a Go reaper removed)
+    # is found by its field alone, and judged as any pool without a heartbeat
+    in_process = fenced_pool(r)
+    reaper.tick(NOW)
+    assert r.hexists(K.fence(), in_process)  # first sighting: maybe before its first beat
+    reaper.tick(NOW + 11)
+    assert not r.hexists(K.fence(), in_process)
+    assert r.hkeys(K.fence()) == [live.encode()]
+
+
 # --- requeuer -----------------------------------------------------------------------------------
 def test_requeuer_moves_due_jobs_whatever_their_name(r) -> None:
     now = int(time.time())

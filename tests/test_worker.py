@@ -12,7 +12,7 @@ import time
 
 import pytest
 import structlog
-from conftest import wait_until
+from conftest import LateFetch, late_fetch_app, wait_until
 
 from prefork_work.app import App
 from prefork_work.enqueuer import Enqueuer
@@ -550,32 +550,59 @@ def test_recovery_leaves_the_jobs_the_worker_still_holds(r) -> None:
     assert_clean_locks(r, worker, "wat")
 
 
-def test_a_late_copy_of_a_lost_fetch_is_recovered_once_idle(r) -> None:
-    # a fetch whose reply was lost reaches Redis again after the worker recovered (a healed
-    # partition, a proxy flushing its buffer): the jobs it took sit in this live pool's
-    # in-progress list, which no reaper touches, until the worker looks again when idle
-    ran: collections.Counter[str] = collections.Counter()
-    app = App()
-    app.register("wat", lambda job: ran.update([job.id]))
-    worker = make_worker(r, app)
-    real_fetch = worker.store.fetch
-
-    def lost_reply(*args, **kwargs):
-        worker.store.fetch = real_fetch
-        raise RedisUnavailable("reply lost")
-
-    worker.store.fetch = lost_reply
-    with pytest.raises(RedisUnavailable):
-        worker._refill()
-    assert not worker._refill()  # recovered at once: nothing held, nothing queued
-    late = Job(name="wat", id="late", t=1, args=None).to_json()
-    r.lpush(K.in_progress("wat", worker.pool_id), late)  # the lost call runs now, late
-    r.incr(K.lock("wat"))
-    r.hincrby(K.lock_info("wat"), worker.pool_id, 1)
-    worker._wait_for_work()
-    worker.drain()
-    assert ran == {"late": 1}
+def assert_ran_once(r, worker: Worker, ran, jobs: int) -> None:
+    assert len(ran) == jobs and set(ran.values()) == {1}, ran
+    assert r.llen(K.jobs("wat")) == 0
     assert_clean_locks(r, worker, "wat")
+    assert r.hget(K.metrics(), "processed:wat") == str(jobs).encode()
+
+
+@pytest.mark.parametrize("when", ["while busy", "right after the recovery read"])
+def test_a_late_copy_of_a_lost_fetch_after_recovery_is_refused(r, when: str) -> None:
+    # a fetch whose reply was lost reaches Redis after the worker recovered (a healed
+    # partition, a proxy flushing its buffer): the fence refuses it, so it takes no job
+    # into this live pool's in-progress list, where no reaper would look while the worker
+    # stays busy. Right after the read, before the worker's next call, only the fence that
+    # recovery raised stands in its way.
+    late: dict = {}
+    app, ran = late_fetch_app(r, NS, 20, late)
+    worker = make_worker(r, app)
+    fetch = late["fetch"] = LateFetch(worker)
+    if when == "right after the recovery read":
+        recover = worker.store.recover
+
+        def recover_then_deliver(*args, **kwargs):
+            lists = recover(*args, **kwargs)
+            late["reply"] = fetch.deliver()
+            return lists
+
+        worker.store.recover = recover_then_deliver
+    worker._wait_for_work = worker.request_stop  # busy to the end: stop when first idle
+    worker.work()
+    assert_ran_once(r, worker, ran, 20)
+    assert late["reply"] == [-1, []]  # refused: it changed nothing
+
+
+def test_a_late_copy_of_a_lost_fetch_before_recovery_is_recovered(r) -> None:
+    # the lost call reaches Redis before the worker's recovery reads its lists: it acks and
+    # fetches, and recovery requeues the jobs it took (the worker never got them)
+    late: dict = {}
+    app, ran = late_fetch_app(r, NS, 20, late)
+    worker = make_worker(r, app)
+    fetch = late["fetch"] = LateFetch(worker)
+    recover = worker.store.recover
+
+    def deliver_then_recover(*args, **kwargs):
+        if "reply" not in late:
+            late["reply"] = fetch.deliver()
+        return recover(*args, **kwargs)
+
+    worker.store.recover = deliver_then_recover
+    worker._wait_for_work = worker.request_stop
+    worker.work()
+    group, taken = late["reply"]
+    assert group == 1 and taken  # the late copy ran and fetched
+    assert_ran_once(r, worker, ran, 20)
 
 
 def test_redis_down_raises_and_loses_nothing(r, redis_server) -> None:

@@ -6,7 +6,8 @@ Differences from gocraft, each fixing a way it loses or duplicates jobs (shared/
   ``<p>worker_pools``: a pool whose heartbeat hash is missing still gets its jobs back
   (W1). To never take a live Go pool that has fetched before its first heartbeat for a
   dead one, a pool without any heartbeat is reaped only once it has been seen without one
-  for ``dead_after`` seconds.
+  for ``dead_after`` seconds. Pools are also found by their field of the fetch fence
+  (``Keys.fence``), so the field of one that never had a heartbeat goes too.
 - A dead pool is claimed (``SET NX``) so two reapers never both requeue it, every reply is
   checked (W2), and the pool's record is removed only after its lists are empty.
 - Requeue and lock release are one atomic script; afterwards ``lock``/``lock_info`` of
@@ -61,7 +62,8 @@ class DeadPoolReaper:
         """One reap pass; returns how many jobs were requeued."""
         self.passes += 1
         lists = self.store.in_progress_lists()
-        candidates = (set(lists) | self.store.pool_ids()) - self.live_pools()
+        candidates = (set(lists) | self.store.pool_ids()
+                      | self.store.fenced_pool_ids()) - self.live_pools()
         beats = self.store.heartbeats(candidates)
         requeued = 0
         reaped_names: set[str] = set()

@@ -12,17 +12,19 @@
 -- KEYS[4] = <p>pw:metrics                  (counters: outcomes per job name, histogram, ...)
 -- KEYS[5] = <p>pw:status                   (status records of job types that ask for them)
 -- KEYS[6] = <p>pw:status_expiry            (their expiry times, to prune the hash)
--- KEYS[6 + 6*(g-1) + 1..6] = group g, in the priority-sampled order of this call:
+-- KEYS[7] = <p>pw:fence                    (pool ID -> highest call sequence seen; see below)
+-- KEYS[7 + 6*(g-1) + 1..6] = group g, in the priority-sampled order of this call:
 --   1 <p>jobs:<name>   2 <p>jobs:<name>:<poolID>:inprogress   3 <p>jobs:<name>:paused
 --   4 <p>jobs:<name>:lock   5 <p>jobs:<name>:lock_info   6 <p>jobs:<name>:max_concurrency
 -- ARGV[1] = pool ID
--- ARGV[2] = how many jobs to fetch at most (0: only acknowledge)
--- ARGV[3] = max_payload_bytes (0: no limit): a larger entry is never handed to a worker; it
+-- ARGV[2] = this call's sequence: an integer, strictly increasing over the pool's calls
+-- ARGV[3] = how many jobs to fetch at most (0: only acknowledge)
+-- ARGV[4] = max_payload_bytes (0: no limit): a larger entry is never handed to a worker; it
 --           goes to <p>dead wrapped in a job {"name": <queue's job name>, "args":
 --           {"malformed_payload": <the entry>}, "err": ...}, counted as a dead job
--- ARGV[4] = max bytes of one batch: the batch stops after the job that reaches it
--- ARGV[5] = how many wake tokens the wake list may hold (store/base.py WAKE_TOKENS_MAX)
--- ARGV[6] = number of acknowledgements A, followed by A records of 4 values:
+-- ARGV[5] = max bytes of one batch: the batch stops after the job that reaches it
+-- ARGV[6] = how many wake tokens the wake list may hold (store/base.py WAKE_TOKENS_MAX)
+-- ARGV[7] = number of acknowledgements A, followed by A records of 4 values:
 --   group number g (the queue the job was fetched from, in this call's order),
 --   raw job bytes exactly as fetched,
 --   outcome (prefork_work/outcome.py Outcome): "s" success, "r" retry, "d" dead, "x" dropped
@@ -46,19 +48,32 @@
 -- lock again (gocraft drifts here, W12) nor adds a retry/dead copy of a job that is queued.
 --
 -- Returns {g, {job bytes...}}: the group the jobs came from (0 when none) and the jobs, in
--- fetch order (oldest first).
+-- fetch order (oldest first); {-1, {}} for a call refused by the fence.
+--
+-- The fence: a call whose reply was lost may still reach Redis later (a healed partition, a
+-- proxy flushing its buffer), after the worker recovered its in-progress lists, and would
+-- leave jobs in a live pool's lists where no reaper looks. Every call carries a sequence;
+-- the highest one seen is kept per pool in KEYS[7], and the worker's recovery raises it to
+-- its lost call's sequence in the same script that reads the lists (lua/recover.lua). A
+-- call at or below it is stale: it changes nothing at all (its reply was lost, so no worker
+-- reads the refusal; the worker resends its acks with its next call anyway).
 --
 -- The wake list: when nothing could be fetched the list is cleared atomically; an idle worker
 -- then blocks on it, and any job enqueued after this point pushes a fresh token.
 
 local pool = ARGV[1]
-local want = tonumber(ARGV[2])
-local max_payload = tonumber(ARGV[3])
-local max_batch = tonumber(ARGV[4])
-local wake_max = tonumber(ARGV[5])
-local nacks = tonumber(ARGV[6])
+local seen = tonumber(redis.call('HGET', KEYS[7], pool))
+if seen and seen >= tonumber(ARGV[2]) then
+  return {-1, {}}
+end
+redis.call('HSET', KEYS[7], pool, ARGV[2])
+local want = tonumber(ARGV[3])
+local max_payload = tonumber(ARGV[4])
+local max_batch = tonumber(ARGV[5])
+local wake_max = tonumber(ARGV[6])
+local nacks = tonumber(ARGV[7])
 
-local G0 = 6  -- keys before the first group
+local G0 = 7  -- keys before the first group
 -- outcome -> (counter, number): counts are keyed by the number g * 4 + n, no string per job
 local COUNTED = {s = 'processed', r = 'retried', d = 'dead', x = 'dropped'}
 local CODE = {s = 0, r = 1, d = 2, x = 3}
@@ -68,7 +83,7 @@ local released = {}
 local requeued = 0
 local taken = {}  -- acknowledgement number -> true when it took its entry (if track)
 local counts = {}  -- g * 4 + CODE[outcome] -> n
-local i = 7
+local i = 8
 local count = ARGV[i + 4 * nacks + 2] == '1'  -- the arguments after the records
 local track = tonumber(ARGV[i + 4 * nacks + 3]) > 0  -- status records to write
 for k = 1, nacks do

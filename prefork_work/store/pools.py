@@ -92,9 +92,11 @@ class PoolStore(RedisStore):
 
     @translate_errors
     def remove_pool(self, pool_id: str, worker_ids: Iterable[str]) -> None:
+        """Forget a pool that is gone: its heartbeat, its fetch fence, its observations."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.srem(self.keys.worker_pools(), pool_id)
         pipe.delete(self.keys.heartbeat(pool_id))
+        pipe.hdel(self.keys.fence(), pool_id)
         for worker_id in worker_ids:
             pipe.delete(self.keys.worker_observation(worker_id))
         pipe.execute()
@@ -111,6 +113,12 @@ class PoolStore(RedisStore):
     @translate_errors
     def pool_ids(self) -> set[str]:
         return {text(m) for m in self.redis.smembers(self.keys.worker_pools())}
+
+    @translate_errors
+    def fenced_pool_ids(self) -> set[str]:
+        """Pools with a fetch fence: one that never had a heartbeat (an in-process worker)
+        or lost it to a Go reaper is still found, and its field removed once it is dead."""
+        return {text(m) for m in self.redis.hkeys(self.keys.fence())}
 
     @translate_errors
     def in_progress_lists(self, pool_id: str | None = None) -> dict[str, set[str]]:

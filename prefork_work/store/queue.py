@@ -91,6 +91,7 @@ class QueueStore(RedisStore):
     def fetch(
         self,
         pool_id: str,
+        sequence: int,
         order: Sequence[str],
         group_keys: dict[str, list[str]],
         want: int,
@@ -113,7 +114,10 @@ class QueueStore(RedisStore):
         ``order`` is the priority-sampled order of job names; every acked job's name must be
         among them. Returns (name of the queue served or None, raw jobs oldest first).
         Never retried here: a retried fetch could claim a second batch (the worker recovers
-        its own in-progress lists after a connection error instead).
+        its own in-progress lists after a connection error instead, with ``recover``).
+        ``sequence`` must be above every earlier call's of this pool (``worker.FETCH_SEQUENCE``):
+        a call at or below the pool's fence is refused, changes nothing and returns
+        (None, []) — only ever a late copy of a call whose reply was lost.
 
         The same call counts the acknowledged outcomes in ``<p>pw:metrics`` (``count``),
         adds ``increments`` to it, and writes ``statuses`` — (index of the ack in ``acks``,
@@ -122,13 +126,13 @@ class QueueStore(RedisStore):
         if self._fetch_head is None:
             k = self.keys
             self._fetch_head = [k.retry(), k.dead(), k.wake(), k.metrics(), k.status(),
-                                k.status_expiry()]
+                                k.status_expiry(), k.fence()]
         keys = self._fetch_head[:]
         group_of: dict[str, int] = {}
         for number, name in enumerate(order, start=1):
             keys.extend(group_keys[name])
             group_of[name] = number
-        args: list[bytes | str | int] = [pool_id, want, max_payload_bytes,
+        args: list[bytes | str | int] = [pool_id, sequence, want, max_payload_bytes,
                                          max_batch_bytes or 2**53, WAKE_TOKENS_MAX, len(acks)]
         for ack in acks:
             extra = b"%d %s" % (ack.score, ack.payload) if ack.outcome in _SCORED else b""
@@ -142,18 +146,19 @@ class QueueStore(RedisStore):
                 args.extend((field, value))
         with redis_errors():
             group, jobs = self.run_script("fetch", keys, args)
-        if not group:
+        if group <= 0:  # 0: nothing fetched; -1: refused by the fence
             return None, []
         return order[int(group) - 1], list(jobs)
 
     @translate_errors
-    def in_progress(self, pool_id: str, names: Iterable[str]) -> dict[str, list[bytes]]:
-        """Every entry of this pool's in-progress lists, by job name (for recovery)."""
+    def recover(self, pool_id: str, sequence: int, names: Iterable[str]) -> dict[str, list[bytes]]:
+        """Raise the pool's fence to ``sequence`` (its last fetch call sent) and return every
+        entry of its in-progress lists by job name, in one script (``lua/recover.lua``): a
+        late copy of a lost call ran before this read, or is refused after it."""
         names = list(names)
-        pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.lrange(self.keys.in_progress(name, pool_id), 0, -1)
-        return dict(zip(names, pipe.execute(), strict=True))
+        keys = [self.keys.fence(), *(self.keys.in_progress(name, pool_id) for name in names)]
+        lists = self.run_script("recover", keys, [pool_id, sequence])
+        return dict(zip(names, lists, strict=True))
 
     @translate_errors
     def wait_for_work(self, timeout: float) -> bool:
