@@ -71,8 +71,18 @@ class AppServer(Master):
                 stdout=log, stderr=subprocess.STDOUT, env=dict(self.env, **(env or {})),
             )
         if wait:
-            wait_until(lambda: len(self.children()) == self.concurrency, 15, message="children")
+            wait_until(self._children_started, 15, message="children")
         return self
+
+    def _children_started(self) -> bool:
+        """``concurrency`` children, each titled as one: the master's own short-lived forks
+        (a library running a helper program, between fork and exec) are not children."""
+        children = self.children()
+        try:
+            titled = [c for c in children if " child " in " ".join(c.cmdline())]
+        except psutil.Error:  # one exited while we looked: look again
+            return False
+        return len(children) == len(titled) == self.concurrency
 
     def cli(self, *args: str, input: str | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
