@@ -392,22 +392,18 @@ def test_children_stop_fetching_while_the_master_is_frozen(server, r) -> None:
     wait_until(lambda: len(read_records(srv.evidence)) == 1, 10)
     offset = srv.log.stat().st_size
 
-    def children_saying(event: str) -> set[str]:
-        return {e["pool_id"] for e in log_events(srv, event, offset)}
-
-    def show_on_failure() -> None:
-        # what the children were doing and saying, when they did not say it in time
-        print("children:", [(c.pid, " ".join(c.cmdline())) for c in srv.children()])
-        print("log since the freeze:", srv.log.read_bytes()[offset:].decode("utf-8", "replace"))
+    def wait_for_both_children(event: str, timeout: float, what: str) -> None:
+        try:
+            wait_until(lambda: len({e["pool_id"] for e in log_events(srv, event, offset)}) == 2,
+                       timeout, 0.05, what)
+        except BaseException:  # what the children were doing and saying, when they did not
+            print("children:", [(c.pid, " ".join(c.cmdline())) for c in srv.children()])
+            print("log since the freeze:", srv.log.read_bytes()[offset:].decode("utf-8", "replace"))
+            raise
 
     srv.signal(signal.SIGSTOP)
     try:
-        try:
-            wait_until(lambda: len(children_saying("master unresponsive; not fetching")) == 2, 10,
-                       0.05, "both children noticing")
-        except BaseException:
-            show_on_failure()
-            raise
+        wait_for_both_children("master unresponsive; not fetching", 10, "both children noticing")
         jobs = [enqueue(r, "record", {"i": i}) for i in range(5)]
         watch_until = time.monotonic() + 1.5  # longer than an idle child's 1 s wait
         while time.monotonic() < watch_until:
@@ -420,12 +416,7 @@ def test_children_stop_fetching_while_the_master_is_frozen(server, r) -> None:
     wait_until(lambda: len(read_records(srv.evidence)) == 6, 10, message="the jobs after SIGCONT")
     runs = [e["id"] for e in read_records(srv.evidence)]
     assert sorted(runs) == sorted([first.id] + [j.id for j in jobs])  # each once
-    try:
-        wait_until(lambda: len(children_saying("master responsive again; fetching")) == 2, 5,
-                   0.05, "both children resuming")
-    except BaseException:
-        show_on_failure()
-        raise
+    wait_for_both_children("master responsive again; fetching", 5, "both children resuming")
 
 
 def test_a_child_gives_back_its_prefetched_jobs_when_the_master_freezes(r) -> None:
