@@ -93,13 +93,8 @@ class AppServer(Master):
 
     def busy_child(self, timeout: float = 10) -> psutil.Process:
         def find() -> psutil.Process | None:
-            for child in self.children():
-                try:
-                    if " busy " in " ".join(child.cmdline()):
-                        return child
-                except psutil.Error:
-                    continue
-            return None
+            busy = self.children_where(lambda child: " busy " in " ".join(child.cmdline()))
+            return busy[0] if busy else None
 
         return wait_until(find, timeout, 0.05, "a busy child")  # type: ignore[return-value]
 

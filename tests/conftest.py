@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -269,6 +269,21 @@ class Master:
 
     def child_pids(self) -> list[int]:
         return sorted(child.pid for child in self.children())
+
+    def children_where(self, predicate: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
+        """Live children for which ``predicate`` holds; one that exits while the predicate
+        reads it (its name, its command line) is left out, not raised."""
+        matching = []
+        for child in self.children():
+            try:
+                if predicate(child):
+                    matching.append(child)
+            except psutil.Error:
+                continue
+        return matching
+
+    def children_named(self, fragment: str) -> list[psutil.Process]:
+        return self.children_where(lambda child: fragment in child.name())
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

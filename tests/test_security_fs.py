@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import Master, wait_until
 
 from prefork_work.connection import redis_from_url
 from prefork_work.embedded import EmbeddedRedis, check_state_dir, find_redis_server
@@ -265,8 +265,6 @@ def test_python_path_that_does_not_exist_is_refused(area) -> None:
 def test_a_child_refuses_a_socket_swapped_under_the_server(area) -> None:
     """A replacement child checks the socket before it connects: a Redis that took over
     redis.sock (here root plays the attacker) gets no worker connection."""
-    import psutil
-
     config = config_for(area, area / "state")
     redis_dir = area / "state" / "redis"
     master = subprocess.Popen([str(BIN / "prefork-work"), "-c", str(config)],
@@ -277,7 +275,8 @@ def test_a_child_refuses_a_socket_swapped_under_the_server(area) -> None:
         client = redis_from_url(f"unix://{redis_dir / 'redis.sock'}")
         wait_until(lambda: client.exists("work:worker_pools"), 20, message="the server running")
         client.close()
-        children = [p for p in psutil.Process(master.pid).children() if "redis" not in p.name()]
+        not_redis = lambda child: "redis" not in child.name()  # noqa: E731
+        children = Master(master).children_where(not_redis)
         (redis_dir / "redis.sock").unlink()
         for child in children:  # dead before the impostor listens: any child it sees is new
             child.kill()
@@ -287,8 +286,7 @@ def test_a_child_refuses_a_socket_swapped_under_the_server(area) -> None:
              "--dir", str(area), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until((redis_dir / "redis.sock").exists, 10, message="the impostor's socket")
-        wait_until(lambda: [p for p in psutil.Process(master.pid).children()
-                            if "redis" not in p.name() and p not in children], 10,
+        wait_until(lambda: [p for p in Master(master).children_where(not_redis) if p not in children], 10,
                    message="a replacement child")
         time.sleep(1.0)  # give a replacement child the time to connect, if it were going to
         spy = redis_from_url(f"unix://{redis_dir / 'redis.sock'}")

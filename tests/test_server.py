@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from app_server import RECORDING_APP, AppServer
-from conftest import read_records, stop_all, wait_until
+from conftest import Master, read_records, stop_all, wait_until
 
 from prefork_work.app import App
 from prefork_work.client import Client
@@ -565,10 +565,11 @@ def test_embedded_redis_when_none_is_configured(tmp_path) -> None:
         job_id = result.stdout.strip()
         wait_until(lambda: any(e["id"] == job_id for e in read_records(tmp_path / "evidence.log")), 15)
         # the embedded Redis dies: the master restarts it and jobs flow again
-        embedded = next(p for p in psutil.Process(process.pid).children() if "redis" in p.name())
+        master = Master(process)
+        (embedded,) = master.children_named("redis")
         embedded.kill()
-        wait_until(lambda: any("redis" in p.name() and p.pid != embedded.pid
-                               for p in psutil.Process(process.pid).children()), 15,
+        # the killed one may still be a zombie, or vanish while the names are read
+        wait_until(lambda: any(p.pid != embedded.pid for p in master.children_named("redis")), 15,
                    message="a restarted embedded redis")
         def enqueued_again() -> str | None:
             again = subprocess.run([*cli, "enqueue", "record", "{}"], capture_output=True,

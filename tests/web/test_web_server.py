@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
@@ -129,14 +128,7 @@ def metrics_available() -> bool:
 
 
 def web_children(master: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    found = []
-    for child in Master(master).children():
-        try:
-            if "web" in child.cmdline():
-                found.append(child)
-        except psutil.Error:
-            continue
-    return found
+    return Master(master).children_where(lambda child: "web" in child.cmdline())
 
 
 def test_supervised_web_process_with_real_workers(tmp_path, redis_url, r, processes) -> None:
@@ -172,7 +164,7 @@ def test_supervised_web_process_with_real_workers(tmp_path, redis_url, r, proces
     processes_view = httpx.get(base + "/api/processes", timeout=5).json()
     assert processes_view[0]["masters"][0]["pid"] == master.pid
     if metrics_available():  # the masters' death counters, per host, on the processes view
-        worker = next(c for c in psutil.Process(master.pid).children() if "web" not in c.cmdline())
+        worker = Master(master).children_where(lambda child: "web" not in child.cmdline())[0]
         worker.kill()
         wait_until(lambda: sum(httpx.get(base + "/api/processes", timeout=5).json()[0]["deaths"]
                                .values()) == 1, 20, 0.2, "a death counted")
@@ -190,8 +182,6 @@ def test_supervised_web_process_with_real_workers(tmp_path, redis_url, r, proces
     (web,) = web_children(master)
     master.send_signal(signal.SIGTERM)
     assert master.wait(20) == 0
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(web.pid) and web.status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the web process outlived the master"
-        time.sleep(0.05)
+    _gone, alive = psutil.wait_procs([web], timeout=10)
+    assert not alive, "the web process outlived the master"
     assert answering(base + "/api/queues") is None
