@@ -420,7 +420,9 @@ def test_batch_drops_to_one_right_after_a_slow_job(r) -> None:
     app.register("job", lambda job: setattr(timer, "now", timer.now + job.args["s"]))
     quick = [("job", {"s": 0.0})]
     Enqueuer(NS, r).enqueue_many([*quick * 73, ("job", {"s": 0.5}), *quick * 60])
-    worker = make_worker(r, app, timer=timer, max_batch=64)
+    # release_after: the watchdog reads the same stopped timer, and once the slow job has moved
+    # it, the watchdog (a thread, on its own real-time schedule) would give the buffer back
+    worker = make_worker(r, app, timer=timer, max_batch=64, release_after=3600.0)
     worker.avg_job_seconds = 0.0  # as after a long run of quick jobs: the batch just doubles
 
     def step() -> None:
