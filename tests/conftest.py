@@ -223,6 +223,14 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def exited(process: psutil.Process) -> bool:
+    """Gone or a zombie (reading its status races with its exit, so either way counts)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class Master:
     """A prefork master a test started as a subprocess: its live children, signals, stop.
 

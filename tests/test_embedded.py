@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import exited, wait_until
 
 from prefork_work import embedded
 from prefork_work.connection import redis_from_url
@@ -143,7 +143,7 @@ def test_embedded_redis_dies_with_its_sigkilled_master(tmp_path) -> None:
         client.close()
         master.kill()  # SIGKILL: no drain, no SHUTDOWN
         master.wait(10)
-        wait_until(lambda: not first.is_running() or first.status() == psutil.STATUS_ZOMBIE, 10,
+        wait_until(lambda: exited(first), 10,
                    message="the orphaned redis-server to exit")
     finally:
         _kill_group(master.pid)  # children left by the killed master

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from app_server import RECORDING_APP, AppServer
-from conftest import Master, read_records, stop_all, wait_until
+from conftest import Master, exited, read_records, stop_all, wait_until
 
 from prefork_work.app import App
 from prefork_work.client import Client
@@ -221,8 +221,8 @@ def test_sigkill_of_the_master(server, r) -> None:
     srv.process.kill()  # type: ignore[union-attr]
     srv.wait(5)
     # children notice (parent-death signal) and exit by themselves, requeuing their job
-    wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
-    assert busy.pid not in psutil.pids() or busy.status() == psutil.STATUS_ZOMBIE
+    wait_until(lambda: all(exited(c) for c in children), 10)
+    assert exited(busy)
     assert [Job.from_json(raw).id for raw in r.lrange(K.jobs("sleep"), 0, -1)] == [job.id]
     # a new master on this host clears the dead pools' heartbeats at once and runs the job
     second = server()
@@ -240,7 +240,7 @@ def test_new_master_reclaims_jobs_of_killed_children_at_once(server, r) -> None:
         child.kill()
     srv.process.kill()  # type: ignore[union-attr]
     srv.wait(5)
-    wait_until(lambda: not busy.is_running() or busy.status() == psutil.STATUS_ZOMBIE, 5)
+    wait_until(lambda: exited(busy), 5)
     assert r.llen(K.jobs("sleep")) == 0  # stranded in a dead pool's in-progress list
     started = time.monotonic()
     offset = srv.log.stat().st_size
