@@ -77,8 +77,8 @@ def test_worker_observations_busy_and_idle(r) -> None:
 
     @app.job("wat")
     def wat(job: Job) -> None:
-        started.set()
         job.checkin("halfway")
+        started.set()  # after the check-in: the test reads both at once
         release.wait(5)
 
     Enqueuer(NS, r).enqueue("wat", {"a": 1, "b": 2})
