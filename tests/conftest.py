@@ -223,6 +223,20 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def matching(processes: Iterable[psutil.Process],
+             predicate: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
+    """The processes for which ``predicate`` holds; one that exits while the predicate reads
+    it (its status, name, command line) is left out, not raised, and hides no other."""
+    found = []
+    for process in processes:
+        try:
+            if predicate(process):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def exited(process: psutil.Process) -> bool:
     """Gone or a zombie (reading its status races with its exit, so either way counts)."""
     try:
@@ -266,29 +280,15 @@ class Master:
             candidates, program = master.children(), master.exe() if self.forks_only else ""
         except psutil.NoSuchProcess:
             return []
-        alive = []
-        for child in candidates:  # one child dying while we look must not hide the others
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE and (not program or child.exe() == program):
-                    alive.append(child)
-            except psutil.NoSuchProcess:
-                continue
-        return alive
+        return matching(candidates, lambda child: child.status() != psutil.STATUS_ZOMBIE
+                        and (not program or child.exe() == program))
 
     def child_pids(self) -> list[int]:
         return sorted(child.pid for child in self.children())
 
     def children_where(self, predicate: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
-        """Live children for which ``predicate`` holds; one that exits while the predicate
-        reads it (its name, its command line) is left out, not raised."""
-        matching = []
-        for child in self.children():
-            try:
-                if predicate(child):
-                    matching.append(child)
-            except psutil.Error:
-                continue
-        return matching
+        """Live children for which ``predicate`` holds (read as ``matching`` reads)."""
+        return matching(self.children(), predicate)
 
     def children_named(self, fragment: str) -> list[psutil.Process]:
         return self.children_where(lambda child: fragment in child.name())
