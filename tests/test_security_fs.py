@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Master, wait_until
+from conftest import Master, read_records, wait_until
 
 from prefork_work.connection import redis_from_url
 from prefork_work.embedded import EmbeddedRedis, check_state_dir, find_redis_server
@@ -267,8 +267,10 @@ def test_a_child_refuses_a_socket_swapped_under_the_server(area) -> None:
     redis.sock (here root plays the attacker) gets no worker connection."""
     config = config_for(area, area / "state")
     redis_dir = area / "state" / "redis"
-    master = subprocess.Popen([str(BIN / "prefork-work"), "-c", str(config)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = area / "server.log"
+    with log.open("w") as log_file:
+        master = subprocess.Popen([str(BIN / "prefork-work"), "-c", str(config)],
+                                  stdout=log_file, stderr=subprocess.STDOUT)
     impostor = None
     try:
         wait_until((redis_dir / "redis.sock").exists, 20, message="the embedded redis")
@@ -286,8 +288,12 @@ def test_a_child_refuses_a_socket_swapped_under_the_server(area) -> None:
              "--dir", str(area), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until((redis_dir / "redis.sock").exists, 10, message="the impostor's socket")
-        wait_until(lambda: [p for p in Master(master).children_where(not_redis) if p not in children], 10,
-                   message="a replacement child")
+        # a refusing child lives ~10 ms, too short to catch by polling the process table:
+        # wait for its refusal of the impostor in the master's log instead
+        refusal = f"is served by pid {impostor.pid} "
+        wait_until(lambda: [e for e in read_records(log) if e.get("event") == "child failed"
+                            and refusal in (e.get("error") or "")], 20,
+                   message="a replacement child refusing the impostor")
         time.sleep(1.0)  # give a replacement child the time to connect, if it were going to
         spy = redis_from_url(f"unix://{redis_dir / 'redis.sock'}")
         names = [c.get("name", "") for c in spy.client_list()]
